@@ -1,0 +1,99 @@
+/**
+ * Backend selection: `auto` tries, in order, tfjs-node-gpu (if it loads and sees a GPU), tfjs-node
+ * (if installed), wasm, then the pure-JS cpu backend. Every skipped candidate is reported with the
+ * reason, so a user can see why their GPU or native build was not used.
+ */
+import { tf } from './tf.ts';
+import { registerConvGradients } from './models/conv_grad.ts';
+
+export const BACKEND_NAMES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export type BackendName = (typeof BACKEND_NAMES)[number];
+
+export interface BackendChoice {
+  /** The tfjs backend name now active (`tensorflow`, `wasm` or `cpu`). */
+  backend: string;
+  /** Which package provided it, e.g. `@tensorflow/tfjs-node-gpu`. */
+  provider: string;
+  /** Candidates tried before the chosen one, with why each was skipped. */
+  skipped: { candidate: string; reason: string }[];
+}
+
+type Attempt = { candidate: string; load: () => Promise<string | null> };
+
+/** Returns null when the backend is usable, otherwise the reason it is not. */
+async function tryNative(pkg: string, wantGpu: boolean): Promise<string | null> {
+  try {
+    await import(pkg);
+  } catch (err) {
+    return `${pkg} is not installed or failed to load (${firstLine(err)})`;
+  }
+  if (!(await tf.setBackend('tensorflow'))) return `${pkg} loaded but the 'tensorflow' backend did not initialise`;
+  if (wantGpu) {
+    // tfjs-node-gpu falls back to CPU silently when CUDA is missing; its binding knows which.
+    const binding = (tf.backend() as unknown as { binding?: { isUsingGpuDevice?: () => boolean } }).binding;
+    if (!binding?.isUsingGpuDevice?.()) return `${pkg} loaded but sees no GPU`;
+  }
+  return null;
+}
+
+async function tryWasm(): Promise<string | null> {
+  try {
+    await import('@tensorflow/tfjs-backend-wasm');
+  } catch (err) {
+    return `@tensorflow/tfjs-backend-wasm failed to load (${firstLine(err)})`;
+  }
+  return (await tf.setBackend('wasm')) ? null : 'the wasm backend did not initialise';
+}
+
+async function tryCpu(): Promise<string | null> {
+  return (await tf.setBackend('cpu')) ? null : 'the cpu backend did not initialise';
+}
+
+const ATTEMPTS: Record<Exclude<BackendName, 'auto'>, Attempt[]> = {
+  tensorflow: [
+    { candidate: '@tensorflow/tfjs-node-gpu', load: () => tryNative('@tensorflow/tfjs-node-gpu', true) },
+    { candidate: '@tensorflow/tfjs-node', load: () => tryNative('@tensorflow/tfjs-node', false) },
+  ],
+  wasm: [{ candidate: '@tensorflow/tfjs-backend-wasm', load: tryWasm }],
+  cpu: [{ candidate: '@tensorflow/tfjs-backend-cpu', load: tryCpu }],
+};
+
+function firstLine(err: unknown): string {
+  return String(err instanceof Error ? err.message : err).split('\n')[0]!;
+}
+
+/** Resolves the backend name from an explicit option, then `SWIFTBRUSH_BACKEND`, then `auto`. */
+export function requestedBackend(option?: string): BackendName {
+  const name = option ?? process.env.SWIFTBRUSH_BACKEND ?? 'auto';
+  if (!(BACKEND_NAMES as readonly string[]).includes(name)) {
+    throw new Error(`unknown backend '${name}' (from ${option ? '--backend' : 'SWIFTBRUSH_BACKEND'}); choose one of ${BACKEND_NAMES.join(', ')}`);
+  }
+  return name as BackendName;
+}
+
+let current: BackendChoice | undefined;
+
+/**
+ * Activates a backend and registers the project's convolution gradients. Idempotent for the same
+ * request; `tf.ready()` has resolved when it returns, so ops may run.
+ */
+export async function initBackend(option?: string): Promise<BackendChoice> {
+  const name = requestedBackend(option);
+  if (current && (name === 'auto' || current.backend === name)) return current;
+  const attempts = name === 'auto' ? [...ATTEMPTS.tensorflow, ...ATTEMPTS.wasm, ...ATTEMPTS.cpu] : ATTEMPTS[name];
+  const skipped: BackendChoice['skipped'] = [];
+  for (const attempt of attempts) {
+    const reason = await attempt.load();
+    if (reason === null) {
+      await tf.ready();
+      // PROD silences tfjs' console banners ("looks like you are running TensorFlow.js in Node.js");
+      // our own log says which backend runs and why.
+      tf.env().set('PROD', true);
+      registerConvGradients();
+      current = { backend: tf.getBackend(), provider: attempt.candidate, skipped };
+      return current;
+    }
+    skipped.push({ candidate: attempt.candidate, reason });
+  }
+  throw new Error(`no usable backend for '${name}': ${skipped.map((s) => `${s.candidate}: ${s.reason}`).join('; ')}`);
+}

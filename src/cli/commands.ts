@@ -1,0 +1,5 @@
+/** The list of CLI commands; add a file under src/cli and its `register` here. */
+import type { Command } from 'commander';
+import { register as backend } from './backend.ts';
+
+export const COMMANDS: ((program: Command) => void)[] = [backend];

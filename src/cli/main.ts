@@ -1,0 +1,29 @@
+/**
+ * `swiftbrush` command line. Each command lives in its own file under src/cli and exports
+ * `register(program)`; this file only wires them together.
+ */
+import { Command, CommanderError } from 'commander';
+import { createRequire } from 'node:module';
+import { log } from '../log.ts';
+import { COMMANDS } from './commands.ts';
+
+const require = createRequire(import.meta.url);
+const { version } = require('../../package.json') as { version: string };
+
+const program = new Command('swiftbrush')
+  .description('SwiftBrush one-step diffusion distillation as a reactive stream (TensorFlow.js + RxJS)')
+  .version(version)
+  .showHelpAfterError()
+  .exitOverride();
+
+for (const register of COMMANDS) register(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (err instanceof CommanderError) process.exit(err.exitCode);
+  const message = err instanceof Error ? err.message : String(err);
+  log.debug({ err }, 'command failed');
+  process.stderr.write(`swiftbrush: error: ${message}\n`);
+  process.exit(1);
+}
