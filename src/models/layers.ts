@@ -1,0 +1,100 @@
+/**
+ * The primitive layers of diffusers' UNet, as PyTorch names them: Conv2d, Linear (with an optional
+ * LoRA adapter), GroupNorm, LayerNorm. Activations are NHWC [B, H, W, C]; sequences [B, N, C].
+ */
+import { tf } from '../tf.ts';
+import type { Tensor, Tensor3D, Tensor4D, Variable } from '../tf.ts';
+import type { ParamStore } from './params.ts';
+import type { LoraState } from './lora.ts';
+
+export class Conv2d {
+  readonly weight: Variable;
+  readonly bias: Variable | null;
+  private readonly pad: number[][];
+
+  /**
+   * @param padding PyTorch's symmetric padding, or explicit [top, bottom, left, right]
+   *   (Downsample2D with padding 0 pads (0,1,0,1)).
+   */
+  constructor(store: ParamStore, name: string, inChannels: number, outChannels: number, kernel: number, readonly stride = 1, padding: number | [number, number, number, number] = 0, bias = true) {
+    const fanIn = inChannels * kernel * kernel;
+    this.weight = store.create(`${name}.weight`, 'conv', [outChannels, inChannels, kernel, kernel], { fanIn });
+    this.bias = bias ? store.create(`${name}.bias`, 'vector', [outChannels], { fanIn }) : null;
+    const [t, b, l, r] = typeof padding === 'number' ? [padding, padding, padding, padding] : padding;
+    this.pad = [[0, 0], [t, b], [l, r], [0, 0]];
+  }
+
+  forward(x: Tensor4D): Tensor4D {
+    const y = tf.conv2d(x, this.weight as Tensor4D, this.stride, this.pad as never);
+    return this.bias ? tf.add(y, this.bias) : y;
+  }
+}
+
+export class Linear {
+  readonly weight: Variable;
+  readonly bias: Variable | null;
+  /** Set by `attachLora`; active only while `lora.state.enabled`. */
+  lora: { A: Variable; B: Variable; scale: number; state: LoraState } | null = null;
+
+  constructor(store: ParamStore, readonly name: string, readonly inFeatures: number, readonly outFeatures: number, bias = true) {
+    this.weight = store.create(`${name}.weight`, 'linear', [outFeatures, inFeatures], { fanIn: inFeatures });
+    this.bias = bias ? store.create(`${name}.bias`, 'vector', [outFeatures], { fanIn: inFeatures }) : null;
+  }
+
+  /** x: [..., in] → [..., out]. Reshaped to 2-D because tfjs' rank-3 × rank-2 matMul has no gradient. */
+  forward<T extends Tensor>(x: T): T {
+    const shape = x.shape;
+    const x2 = tf.reshape(x, [-1, this.inFeatures]);
+    let y: Tensor = tf.matMul(x2, this.weight);
+    if (this.bias) y = tf.add(y, this.bias);
+    if (this.lora?.state.enabled) {
+      const delta = tf.matMul(tf.matMul(x2, this.lora.A), this.lora.B);
+      y = tf.add(y, this.lora.scale === 1 ? delta : tf.mul(delta, this.lora.scale));
+    }
+    return tf.reshape(y, [...shape.slice(0, -1), this.outFeatures]) as T;
+  }
+}
+
+export class GroupNorm {
+  readonly weight: Variable;
+  readonly bias: Variable;
+
+  constructor(store: ParamStore, name: string, readonly numGroups: number, readonly numChannels: number, readonly eps: number) {
+    if (numChannels % numGroups !== 0) throw new Error(`${name}: GroupNorm needs channels (${numChannels}) divisible by norm_num_groups (${numGroups})`);
+    this.weight = store.create(`${name}.weight`, 'vector', [numChannels], { constant: 1 });
+    this.bias = store.create(`${name}.bias`, 'vector', [numChannels], { constant: 0 });
+  }
+
+  forward(x: Tensor4D): Tensor4D {
+    const [b, h, w, c] = x.shape;
+    const grouped = tf.reshape(x, [b, h * w, this.numGroups, c / this.numGroups]);
+    const { mean, variance } = tf.moments(grouped, [1, 3], true);
+    const normed = tf.mul(tf.sub(grouped, mean), tf.rsqrt(tf.add(variance, this.eps)));
+    return tf.add(tf.mul(tf.reshape(normed, [b, h, w, c]), this.weight), this.bias);
+  }
+}
+
+export class LayerNorm {
+  readonly weight: Variable;
+  readonly bias: Variable;
+
+  constructor(store: ParamStore, name: string, dim: number, readonly eps = 1e-5) {
+    this.weight = store.create(`${name}.weight`, 'vector', [dim], { constant: 1 });
+    this.bias = store.create(`${name}.bias`, 'vector', [dim], { constant: 0 });
+  }
+
+  forward(x: Tensor3D): Tensor3D {
+    const { mean, variance } = tf.moments(x, -1, true);
+    const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.eps)));
+    return tf.add(tf.mul(normed, this.weight), this.bias);
+  }
+}
+
+export function silu<T extends Tensor>(x: T): T {
+  return tf.mul(x, tf.sigmoid(x));
+}
+
+/** Exact (erf) GELU, as torch.nn.functional.gelu's default. */
+export function gelu<T extends Tensor>(x: T): T {
+  return tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1));
+}

@@ -1,0 +1,150 @@
+/**
+ * LoRA adapters on the UNet's attention projections, in PEFT's format: `<module>.lora_A.weight`
+ * [r, in] and `<module>.lora_B.weight` [out, r], scale alpha / r, B initialised to zero so an
+ * attached adapter starts as the identity. One model serves as frozen teacher (LoRA off) and LoRA
+ * teacher (LoRA on), as the official SwiftBrush code does.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { tf } from '../tf.ts';
+import type { Variable } from '../tf.ts';
+import type { UNet2DConditionModel } from './unet_2d_condition.ts';
+import { Linear } from './layers.ts';
+import { ParamStore } from './params.ts';
+import { readSafetensors, writeSafetensors } from './safetensors.ts';
+import { writeJsonAtomic } from '../util/fs.ts';
+
+export interface LoraState {
+  enabled: boolean;
+}
+
+export interface LoraConfig {
+  rank: number;
+  alpha: number;
+  /** Module suffixes, as PEFT's target_modules: e.g. `to_q`, `to_v`, `to_out.0`. */
+  targetModules: string[];
+}
+
+export const DEFAULT_LORA_TARGETS = ['to_q', 'to_k', 'to_v', 'to_out.0'];
+export const ADAPTER_WEIGHTS_NAME = 'adapter_model.safetensors';
+export const ADAPTER_CONFIG_NAME = 'adapter_config.json';
+
+/** Every Linear in the model's attention blocks, by diffusers module name. */
+function attentionLinears(unet: UNet2DConditionModel): Linear[] {
+  const found: Linear[] = [];
+  const visit = (node: unknown, depth: number): void => {
+    if (!node || typeof node !== 'object' || depth > 12) return;
+    if (node instanceof Linear) {
+      found.push(node);
+      return;
+    }
+    for (const [key, value] of Object.entries(node)) {
+      if (key === 'store' || key === 'config' || key === 'loraState') continue;
+      if (Array.isArray(value)) value.forEach((v) => visit(v, depth + 1));
+      else visit(value, depth + 1);
+    }
+  };
+  visit(unet, 0);
+  return found.filter((l) => /\.attn\d\./.test(l.name));
+}
+
+export class LoraAdapter {
+  readonly store: ParamStore;
+  readonly modules: Linear[];
+
+  private constructor(readonly unet: UNet2DConditionModel, readonly config: LoraConfig, seed: number) {
+    this.store = new ParamStore(seed, true);
+    const targets = new Set(config.targetModules);
+    this.modules = attentionLinears(unet).filter((l) => [...targets].some((t) => l.name.endsWith(`.${t}`)));
+    const unknown = config.targetModules.filter((t) => !this.modules.some((l) => l.name.endsWith(`.${t}`)));
+    if (unknown.length) throw new Error(`LoRA target module(s) ${unknown.join(', ')} match no attention projection (known: to_q, to_k, to_v, to_out.0)`);
+    if (!(config.rank >= 1 && Number.isInteger(config.rank))) throw new Error(`LoRA rank must be a positive integer, got ${config.rank}`);
+    const scale = config.alpha / config.rank;
+    for (const linear of this.modules) {
+      if (linear.lora) throw new Error(`${linear.name} already has a LoRA adapter`);
+      // PEFT: A ~ kaiming_uniform(a=√5) = U(±1/√in); B = 0. Stored here in tfjs layout: A [in, r], B [r, out].
+      const A = this.store.create(`${linear.name}.lora_A.weight`, 'linear', [config.rank, linear.inFeatures], { fanIn: linear.inFeatures });
+      const B = this.store.create(`${linear.name}.lora_B.weight`, 'linear', [linear.outFeatures, config.rank], { constant: 0 });
+      linear.lora = { A, B, scale, state: unet.loraState };
+    }
+  }
+
+  /** Attaches adapters to `unet` (disabled until `enable()`). */
+  static attach(unet: UNet2DConditionModel, config: LoraConfig, seed = 0): LoraAdapter {
+    return new LoraAdapter(unet, config, seed);
+  }
+
+  enable(): void {
+    this.unet.loraState.enabled = true;
+  }
+
+  disable(): void {
+    this.unet.loraState.enabled = false;
+  }
+
+  /** Runs `fn` with LoRA switched on or off, restoring the previous state after. */
+  with<T>(enabled: boolean, fn: () => T): T {
+    const before = this.unet.loraState.enabled;
+    this.unet.loraState.enabled = enabled;
+    try {
+      return fn();
+    } finally {
+      this.unet.loraState.enabled = before;
+    }
+  }
+
+  parameters(): Variable[] {
+    return this.store.variables();
+  }
+
+  /** PEFT-layout copies: lora_A [r, in], lora_B [out, r]. */
+  stateDict(): Record<string, { shape: number[]; data: Float32Array }> {
+    const out: Record<string, { shape: number[]; data: Float32Array }> = {};
+    for (const [name, p] of this.store.params) {
+      const t = tf.transpose(p.variable);
+      out[name] = { shape: p.torchShape, data: t.dataSync() as Float32Array };
+      t.dispose();
+    }
+    return out;
+  }
+
+  loadStateDict(tensors: Map<string, { shape: number[]; data: ArrayLike<number> | Float32Array }>, source = 'LoRA state dict'): void {
+    // Accept the prefixes diffusers (`unet.`) and PEFT (`base_model.model.`) write.
+    const strip = (k: string) => k.replace(/^(unet\.|base_model\.model\.)/, '');
+    const byName = new Map([...tensors].map(([k, v]) => [strip(k), v]));
+    const missing = [...this.store.params.keys()].filter((k) => !byName.has(k));
+    const unexpected = [...byName.keys()].filter((k) => !this.store.params.has(k));
+    if (missing.length || unexpected.length) throw new Error(`${source}: ${missing.length ? `missing keys: ${missing.join(', ')} ` : ''}${unexpected.length ? `unexpected keys: ${unexpected.join(', ')}` : ''}`);
+    for (const [name, p] of this.store.params) {
+      const t = byName.get(name)!;
+      if (t.shape.join(',') !== p.torchShape.join(',')) throw new Error(`${source}: '${name}' has shape [${t.shape}], expected [${p.torchShape}]`);
+      const value = tf.tidy(() => tf.transpose(tf.tensor(t.data as Float32Array, t.shape)));
+      p.variable.assign(value);
+      value.dispose();
+    }
+  }
+
+  /** PEFT layout: `dir/adapter_model.safetensors` + `dir/adapter_config.json`. */
+  async save(dir: string, weights?: Record<string, { shape: number[]; data: Float32Array }>): Promise<void> {
+    await writeSafetensors(join(dir, ADAPTER_WEIGHTS_NAME), weights ?? this.stateDict(), { format: 'pt' });
+    await writeJsonAtomic(join(dir, ADAPTER_CONFIG_NAME), { peft_type: 'LORA', r: this.config.rank, lora_alpha: this.config.alpha, target_modules: this.config.targetModules, lora_dropout: 0, bias: 'none', init_lora_weights: 'gaussian' });
+  }
+
+  static async readConfig(dir: string): Promise<LoraConfig> {
+    const raw = JSON.parse(await readFile(join(dir, ADAPTER_CONFIG_NAME), 'utf8')) as { r: number; lora_alpha: number; target_modules: string[] };
+    return { rank: raw.r, alpha: raw.lora_alpha, targetModules: raw.target_modules };
+  }
+
+  static async load(unet: UNet2DConditionModel, dir: string): Promise<LoraAdapter> {
+    const adapter = LoraAdapter.attach(unet, await LoraAdapter.readConfig(dir));
+    const path = join(dir, ADAPTER_WEIGHTS_NAME);
+    adapter.loadStateDict((await readSafetensors(path)).tensors, path);
+    return adapter;
+  }
+
+  /** Detaches from the model and frees the adapter weights. */
+  dispose(): void {
+    for (const linear of this.modules) linear.lora = null;
+    this.store.dispose();
+  }
+}

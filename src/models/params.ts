@@ -1,0 +1,89 @@
+/**
+ * Parameter store: every weight of a model as a tf.Variable addressed by its diffusers state-dict
+ * name, with the layout conversion between PyTorch and tfjs.
+ *
+ * PyTorch layouts (what files hold): conv [out, in, kh, kw], linear [out, in], vectors [n].
+ * tfjs layouts (what ops use): conv [kh, kw, in, out], linear [in, out], vectors [n].
+ */
+import { tf } from '../tf.ts';
+import type { Tensor, Variable } from '../tf.ts';
+
+export type ParamKind = 'conv' | 'linear' | 'vector';
+
+export interface Param {
+  name: string;
+  kind: ParamKind;
+  /** Shape in PyTorch layout, as the state dict stores it. */
+  torchShape: number[];
+  variable: Variable;
+}
+
+export function torchToTf(kind: ParamKind, data: Float32Array, torchShape: number[]): Tensor {
+  return tf.tidy(() => {
+    const t = tf.tensor(data, torchShape, 'float32');
+    if (kind === 'conv') return tf.transpose(t, [2, 3, 1, 0]);
+    if (kind === 'linear') return tf.transpose(t, [1, 0]);
+    return t;
+  });
+}
+
+export function tfToTorch(kind: ParamKind, t: Tensor): Tensor {
+  return tf.tidy(() => {
+    if (kind === 'conv') return tf.transpose(t, [3, 2, 0, 1]);
+    if (kind === 'linear') return tf.transpose(t, [1, 0]);
+    return tf.clone(t);
+  });
+}
+
+/** A deterministic stream of variable ids, so two models never collide in tfjs' registry. */
+let nextStoreId = 0;
+
+export class ParamStore {
+  readonly params = new Map<string, Param>();
+  private readonly id = nextStoreId++;
+  private seed: number;
+
+  /** @param seed seeds the PyTorch-style default initialisation of new parameters. */
+  constructor(seed = 0, readonly trainable = true) {
+    this.seed = seed * 100_003 + 1;
+  }
+
+  /**
+   * Creates a parameter initialised as PyTorch's nn.Conv2d / nn.Linear do (kaiming_uniform(a=√5):
+   * U(±1/√fan_in) for weight and bias), or to a constant for norms.
+   */
+  create(name: string, kind: ParamKind, torchShape: number[], init: { fanIn: number } | { constant: number }): Variable {
+    if (this.params.has(name)) throw new Error(`duplicate parameter '${name}'`);
+    const tfShape = kind === 'conv' ? [torchShape[2]!, torchShape[3]!, torchShape[1]!, torchShape[0]!] : kind === 'linear' ? [torchShape[1]!, torchShape[0]!] : torchShape;
+    const value = tf.tidy(() => {
+      if ('constant' in init) return tf.fill(tfShape, init.constant);
+      const bound = 1 / Math.sqrt(init.fanIn);
+      return tf.randomUniform(tfShape, -bound, bound, 'float32', this.seed++);
+    });
+    const variable = tf.variable(value, this.trainable, `s${this.id}/${name}`);
+    value.dispose();
+    this.params.set(name, { name, kind, torchShape, variable });
+    return variable;
+  }
+
+  get(name: string): Variable {
+    const p = this.params.get(name);
+    if (!p) throw new Error(`no parameter '${name}'`);
+    return p.variable;
+  }
+
+  variables(filter?: (name: string) => boolean): Variable[] {
+    return [...this.params.values()].filter((p) => !filter || filter(p.name)).map((p) => p.variable);
+  }
+
+  numParameters(): number {
+    let n = 0;
+    for (const p of this.params.values()) n += p.variable.size;
+    return n;
+  }
+
+  dispose(): void {
+    for (const p of this.params.values()) p.variable.dispose();
+    this.params.clear();
+  }
+}
