@@ -1,5 +1,7 @@
 /** The list of CLI commands; add a file under src/cli and its `register` here. */
 import type { Command } from 'commander';
 import { register as backend } from './backend.ts';
+import { register as trainClassifier } from './train-classifier.ts';
+import { register as embed } from './embed.ts';
 
-export const COMMANDS: ((program: Command) => void)[] = [backend];
+export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed];
