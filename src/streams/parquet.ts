@@ -19,6 +19,7 @@ import * as pw from 'parquet-wasm';
 import { DataType, tableFromIPC, type Data, type Field, type Vector } from 'apache-arrow';
 import { log } from '../log.ts';
 import { EmbeddingFormatError, errorMessage } from './errors.ts';
+import { decodeInWorker, workerAvailable } from './decode.ts';
 
 export const SHAPE_KEY = 'swiftbrush.embedding_shape';
 export const DTYPE_KEY = 'swiftbrush.embedding_dtype';
@@ -36,6 +37,8 @@ export interface OpenOptions {
   shape?: [number, number];
   /** Accept float64 embeddings by narrowing them to float32 (default: refuse). */
   allowFloat64?: boolean;
+  /** Decode row groups in the shared worker thread (default true; falls back in-process). */
+  decodeWorker?: boolean;
 }
 
 export interface EmbeddingFileInfo {
@@ -82,6 +85,10 @@ export class EmbeddingFile {
   private readonly leaf: LeafKind;
   private readonly rowStart: number[];
   private closed = false;
+  private readonly ahead = new Map<number, Promise<Uint8Array>>();
+  /** Identifies this version of the file for the worker's handle cache. */
+  key = '';
+  useWorker = true;
 
   private constructor(
     private readonly pf: pw.ParquetFile,
@@ -105,7 +112,11 @@ export class EmbeddingFile {
       throw new EmbeddingFormatError({ file: path }, `cannot read the Parquet footer (truncated or corrupt file?): ${errorMessage(err)}`, { cause: err });
     }
     try {
-      return await EmbeddingFile.describe(path, pf, options);
+      const f = await EmbeddingFile.describe(path, pf, options);
+      const st = await stat(path);
+      f.key = `${path}\0${st.size}\0${st.mtimeMs}\0${st.ino}`;
+      f.useWorker = options.decodeWorker ?? true;
+      return f;
     } catch (err) {
       pf.free();
       throw err;
@@ -247,12 +258,35 @@ export class EmbeddingFile {
     if (!Number.isInteger(g) || g < 0 || g >= this.numRowGroups) throw new RangeError(`${this.info.path}: no row group ${g} (${this.numRowGroups} row groups)`);
   }
 
+  private fullColumns(): string[] {
+    return [this.info.promptColumn, this.info.embeddingColumn];
+  }
+
+  /** Starts decoding row group `g` in the worker so that a later readRowGroup(g) finds it ready. */
+  readAhead(g: number): void {
+    this.checkGroup(g);
+    if (!this.useWorker || this.ahead.has(g) || !workerAvailable()) return;
+    const p = decodeInWorker(this.key, this.info.path, g, this.fullColumns(), Math.max(1, this.info.rowGroupRows[g]!));
+    p.catch(() => undefined);
+    this.ahead.set(g, p);
+  }
+
   private async readTable(g: number, columns: string[]) {
     this.checkGroup(g);
     const rows = this.info.rowGroupRows[g]!;
+    const full = columns.length === 2;
     try {
-      const t = await this.pf.read({ rowGroups: [g], columns, batchSize: Math.max(1, rows) });
-      return tableFromIPC(t.intoIPCStream());
+      let ipc: Uint8Array;
+      const early = full ? this.ahead.get(g) : undefined;
+      if (early) {
+        this.ahead.delete(g);
+        ipc = await early;
+      } else if (this.useWorker && workerAvailable()) {
+        ipc = await decodeInWorker(this.key, this.info.path, g, columns, Math.max(1, rows));
+      } else {
+        ipc = (await this.pf.read({ rowGroups: [g], columns, batchSize: Math.max(1, rows) })).intoIPCStream();
+      }
+      return tableFromIPC(ipc);
     } catch (err) {
       throw new EmbeddingFormatError({ file: this.info.path, rowGroup: g }, `cannot decode the row group: ${errorMessage(err)}`, { cause: err });
     }
@@ -270,7 +304,7 @@ export class EmbeddingFile {
    */
   async readRowGroup(g: number, nonFinite?: NonFiniteReport): Promise<DecodedGroup> {
     const { path, promptColumn, embeddingColumn, shape } = this.info;
-    const t = await this.readTable(g, [promptColumn, embeddingColumn]);
+    const t = await this.readTable(g, this.fullColumns());
     const rows = t.numRows;
     const base = this.rowStart[g]!;
     if (rows !== this.info.rowGroupRows[g]) {
@@ -394,6 +428,7 @@ export class EmbeddingFile {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.ahead.clear();
     this.pf.free();
   }
 }

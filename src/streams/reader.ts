@@ -84,6 +84,12 @@ export interface EmbeddingStreamOptions extends OpenOptions {
   demand?: Observable<unknown>;
   /** Schedules deliveries (default: delivered as soon as decoded). */
   scheduler?: SchedulerLike;
+  /**
+   * Row groups decoded in the background (worker thread) ahead of the one being batched (default 1;
+   * 0 = none). They count on top of `prefetch`: at most readAhead row groups beyond what the
+   * allowed batches need.
+   */
+  readAhead?: number;
   /** Called after each row group is read (tests and metrics count decoding with it). */
   onRowGroupRead?: (event: RowGroupEvent) => void;
 }
@@ -247,6 +253,7 @@ function checkOptions(o: EmbeddingStreamOptions): void {
   posInt('batchSize', o.batchSize, 1);
   posInt('prefetch', o.prefetch, 1);
   posInt('shuffleBuffer', o.shuffleBuffer, 0);
+  posInt('readAhead', o.readAhead, 0);
   posInt('limit', o.limit, 0);
   posInt('startBatch', o.startBatch, 0);
   posInt('worldSize', o.worldSize, 1);
@@ -431,7 +438,15 @@ async function* batchesOf(plan: Plan, o: EmbeddingStreamOptions): AsyncGenerator
       } else bufHas[j] = 0;
     };
 
-    for (const unit of order) {
+    const readAhead = o.readAhead ?? 1;
+    for (let ui = 0; ui < order.length; ui++) {
+      const unit = order[ui]!;
+      if (!skipping) {
+        for (let k = 1; k <= readAhead && ui + k < order.length; k++) {
+          const nu = order[ui + k]!;
+          fileOf(nu).readAhead(nu.group);
+        }
+      }
       if (skipping && nullRows.has(unit.key)) {
         cur = { unit, prompts: null, embeds: null, train: trainFromNulls(unit), pos: 0 };
       } else {

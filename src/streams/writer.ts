@@ -52,6 +52,7 @@ export class EmbeddingParquetWriter {
     const [L, D] = shape;
     if (!(Number.isInteger(L) && Number.isInteger(D) && L > 0 && D > 0)) throw new Error(`invalid embedding shape [${shape.join(', ')}]`);
     this.perRow = L * D;
+    this.tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${Date.now()}.tmp`);
     const rowGroupSize = options.rowGroupSize ?? 1024;
     if (!(Number.isInteger(rowGroupSize) && rowGroupSize > 0)) throw new Error(`rowGroupSize must be a positive integer, got ${rowGroupSize}`);
     const kv = new Map<string, string>([[SHAPE_KEY, JSON.stringify([L, D])], ...Object.entries(options.metadata ?? {})]);
@@ -65,7 +66,6 @@ export class EmbeddingParquetWriter {
       .setKeyValueMetadata(kv)
       .setCreatedBy('swiftbrush-rx')
       .build();
-    this.tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${Date.now()}.tmp`);
     let resolveController!: (c: ReadableStreamDefaultController<pw.RecordBatch>) => void;
     this.controller = new Promise((r) => (resolveController = r));
     const source = new ReadableStream<pw.RecordBatch>(
@@ -79,9 +79,10 @@ export class EmbeddingParquetWriter {
       },
       { highWaterMark: 1 },
     );
+    const tmp = this.tmp;
     this.done = (async () => {
       const bytes = await pw.transformParquetStream(source, props);
-      await bytes.pipeTo(Writable.toWeb(createWriteStream(this.tmp)) as WritableStream<Uint8Array>);
+      await bytes.pipeTo(Writable.toWeb(createWriteStream(tmp)) as WritableStream<Uint8Array>);
     })();
     this.done.catch((err) => (this.failed = err));
   }
