@@ -5,6 +5,7 @@
  */
 import { tf } from './tf.ts';
 import { registerConvGradients } from './models/conv_grad.ts';
+import { registerMatMulGradient } from './models/matmul_grad.ts';
 
 export const BACKEND_NAMES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKEND_NAMES)[number];
@@ -90,6 +91,7 @@ export async function initBackend(option?: string): Promise<BackendChoice> {
       // our own log says which backend runs and why.
       tf.env().set('PROD', true);
       registerConvGradients();
+      registerMatMulGradient();
       current = { backend: tf.getBackend(), provider: attempt.candidate, skipped };
       return current;
     }

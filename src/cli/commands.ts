@@ -5,5 +5,6 @@ import { register as trainClassifier } from './train-classifier.ts';
 import { register as embed } from './embed.ts';
 import { register as inspect } from './inspect.ts';
 import { register as importNpy } from './import_npy.ts';
+import { register as trainTeacher } from './train_teacher.ts';
 
-export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy];
+export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy, trainTeacher];

@@ -44,7 +44,8 @@ export class Attention {
     const q = this.splitHeads(this.to_q.forward(hidden));
     const k = this.splitHeads(this.to_k.forward(ctx));
     const v = this.splitHeads(this.to_v.forward(ctx));
-    const scores = tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(this.headDim));
+    // q·kᵀ with an explicit transpose: wasm's transposed matmul is ~6x slower (matmul_grad.ts).
+    const scores = tf.mul(tf.matMul(q, tf.transpose(k, [0, 2, 1])), 1 / Math.sqrt(this.headDim));
     const out = this.mergeHeads(tf.matMul(tf.softmax(scores), v), hidden.shape[0]);
     return this.to_out.forward(out);
   }
@@ -75,9 +76,10 @@ export class BasicTransformerBlock {
   readonly norm3: LayerNorm;
   readonly ff: FeedForward;
 
-  constructor(store: ParamStore, name: string, dim: number, heads: number, headDim: number, crossAttentionDim: number) {
+  /** @param onlyCrossAttention diffusers' only_cross_attention: attn1 attends to the text too. */
+  constructor(store: ParamStore, name: string, dim: number, heads: number, headDim: number, crossAttentionDim: number, readonly onlyCrossAttention = false) {
     this.norm1 = new LayerNorm(store, `${name}.norm1`, dim);
-    this.attn1 = new Attention(store, `${name}.attn1`, dim, null, heads, headDim);
+    this.attn1 = new Attention(store, `${name}.attn1`, dim, onlyCrossAttention ? crossAttentionDim : null, heads, headDim);
     this.norm2 = new LayerNorm(store, `${name}.norm2`, dim);
     this.attn2 = new Attention(store, `${name}.attn2`, dim, crossAttentionDim, heads, headDim);
     this.norm3 = new LayerNorm(store, `${name}.norm3`, dim);
@@ -85,7 +87,7 @@ export class BasicTransformerBlock {
   }
 
   forward(hidden: Tensor3D, encoderHiddenStates: Tensor3D): Tensor3D {
-    let h = tf.add(this.attn1.forward(this.norm1.forward(hidden), null), hidden);
+    let h = tf.add(this.attn1.forward(this.norm1.forward(hidden), this.onlyCrossAttention ? encoderHiddenStates : null), hidden);
     h = tf.add(this.attn2.forward(this.norm2.forward(h), encoderHiddenStates), h);
     return tf.add(this.ff.forward(this.norm3.forward(h)), h);
   }
@@ -97,12 +99,12 @@ export class Transformer2DModel {
   readonly transformer_blocks: BasicTransformerBlock[] = [];
   readonly proj_out: Conv2d | Linear;
 
-  constructor(store: ParamStore, name: string, opts: { heads: number; headDim: number; inChannels: number; numLayers: number; crossAttentionDim: number; normNumGroups: number; useLinearProjection: boolean }) {
+  constructor(store: ParamStore, name: string, opts: { heads: number; headDim: number; inChannels: number; numLayers: number; crossAttentionDim: number; normNumGroups: number; useLinearProjection: boolean; onlyCrossAttention?: boolean }) {
     const inner = opts.heads * opts.headDim;
     this.norm = new GroupNorm(store, `${name}.norm`, opts.normNumGroups, opts.inChannels, 1e-6);
     this.proj_in = opts.useLinearProjection ? new Linear(store, `${name}.proj_in`, opts.inChannels, inner) : new Conv2d(store, `${name}.proj_in`, opts.inChannels, inner, 1);
     for (let i = 0; i < opts.numLayers; i++) {
-      this.transformer_blocks.push(new BasicTransformerBlock(store, `${name}.transformer_blocks.${i}`, inner, opts.heads, opts.headDim, opts.crossAttentionDim));
+      this.transformer_blocks.push(new BasicTransformerBlock(store, `${name}.transformer_blocks.${i}`, inner, opts.heads, opts.headDim, opts.crossAttentionDim, opts.onlyCrossAttention ?? false));
     }
     this.proj_out = opts.useLinearProjection ? new Linear(store, `${name}.proj_out`, inner, opts.inChannels) : new Conv2d(store, `${name}.proj_out`, inner, opts.inChannels, 1);
   }

@@ -72,6 +72,23 @@ export class ParamStore {
     return p.variable;
   }
 
+  /** Parameters by diffusers name. */
+  named(): Map<string, Variable> {
+    return new Map([...this.params].map(([name, p]) => [name, p.variable]));
+  }
+
+  /** PyTorch-layout copies of every parameter, or of `values` (e.g. EMA shadows) keyed like them. */
+  torchStateDict(values?: Map<string, Tensor>): Record<string, { shape: number[]; data: Float32Array }> {
+    const out: Record<string, { shape: number[]; data: Float32Array }> = {};
+    for (const [name, p] of this.params) {
+      const source = values?.get(name) ?? p.variable;
+      const t = tfToTorch(p.kind, source);
+      out[name] = { shape: p.torchShape, data: t.dataSync() as Float32Array };
+      t.dispose();
+    }
+    return out;
+  }
+
   variables(filter?: (name: string) => boolean): Variable[] {
     return [...this.params.values()].filter((p) => !filter || filter(p.name)).map((p) => p.variable);
   }

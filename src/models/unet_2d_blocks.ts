@@ -13,7 +13,7 @@ export interface BlockOptions {
   groups: number;
   eps: number;
   /** Present for cross-attention blocks. */
-  attention?: { heads: number; transformerLayers: number; crossAttentionDim: number; useLinearProjection: boolean };
+  attention?: { heads: number; transformerLayers: number; crossAttentionDim: number; useLinearProjection: boolean; onlyCrossAttention?: boolean };
 }
 
 function attentions(store: ParamStore, name: string, count: number, channels: number, o: BlockOptions): Transformer2DModel[] {
@@ -29,6 +29,7 @@ function attentions(store: ParamStore, name: string, count: number, channels: nu
       crossAttentionDim: o.attention!.crossAttentionDim,
       normNumGroups: o.groups,
       useLinearProjection: o.attention!.useLinearProjection,
+      onlyCrossAttention: o.attention!.onlyCrossAttention ?? false,
     }),
   );
 }

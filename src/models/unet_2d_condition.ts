@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Tensor3D, Tensor4D, Variable } from '../tf.ts';
-import { ParamStore, tfToTorch, torchToTf } from './params.ts';
+import { ParamStore, torchToTf } from './params.ts';
 import { Conv2d, GroupNorm, silu } from './layers.ts';
 import { TimestepEmbedding, timestepTensor } from './embeddings.ts';
 import { DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D } from './unet_2d_blocks.ts';
@@ -41,6 +41,7 @@ export interface UNetConfig {
   attention_head_dim: number | number[];
   num_attention_heads: number | number[] | null;
   use_linear_projection: boolean;
+  only_cross_attention: boolean | boolean[];
   conv_in_kernel: number;
   conv_out_kernel: number;
   [key: string]: unknown;
@@ -68,6 +69,7 @@ export const UNET_DEFAULTS: UNetConfig = {
   attention_head_dim: 8,
   num_attention_heads: null,
   use_linear_projection: false,
+  only_cross_attention: false,
   conv_in_kernel: 3,
   conv_out_kernel: 3,
 };
@@ -88,11 +90,9 @@ const UNSUPPORTED: Record<string, unknown[]> = {
   resnet_skip_time_act: [false],
   resnet_out_scale_factor: [1, 1.0],
   dual_cross_attention: [false],
-  only_cross_attention: [false],
   cross_attention_norm: [null],
   attention_type: ['default'],
   class_embeddings_concat: [false],
-  mid_block_only_cross_attention: [null, false],
   reverse_transformer_layers_per_block: [null],
   dropout: [0, 0.0],
   act_fn: ['silu', 'swish'],
@@ -147,7 +147,8 @@ export class UNet2DConditionModel {
     const crossDims = perBlock(c.cross_attention_dim, n, 'cross_attention_dim');
     const tLayers = perBlock(c.transformer_layers_per_block, n, 'transformer_layers_per_block');
     const common = { tembChannels: timeEmbedDim, groups: c.norm_num_groups, eps: c.norm_eps };
-    const attention = (i: number, cross: boolean) => (cross ? { heads: heads[i]!, transformerLayers: tLayers[i]!, crossAttentionDim: crossDims[i]!, useLinearProjection: c.use_linear_projection } : undefined);
+    const onlyCross = perBlock(c.only_cross_attention, n, 'only_cross_attention');
+    const attention = (i: number, cross: boolean) => (cross ? { heads: heads[i]!, transformerLayers: tLayers[i]!, crossAttentionDim: crossDims[i]!, useLinearProjection: c.use_linear_projection, onlyCrossAttention: onlyCross[i]! } : undefined);
 
     this.conv_in = new Conv2d(store, 'conv_in', c.in_channels, ch0, c.conv_in_kernel, 1, (c.conv_in_kernel - 1) / 2);
     this.time_embedding = new TimestepEmbedding(store, 'time_embedding', ch0, timeEmbedDim);
@@ -160,7 +161,7 @@ export class UNet2DConditionModel {
     });
 
     this.mid_block = c.mid_block_type
-      ? new UNetMidBlock2DCrossAttn(store, 'mid_block', { ...common, numLayers: 1, inChannels: c.block_out_channels[n - 1]!, outChannels: c.block_out_channels[n - 1]!, outputScaleFactor: c.mid_block_scale_factor, attention: attention(n - 1, true) })
+      ? new UNetMidBlock2DCrossAttn(store, 'mid_block', { ...common, numLayers: 1, inChannels: c.block_out_channels[n - 1]!, outChannels: c.block_out_channels[n - 1]!, outputScaleFactor: c.mid_block_scale_factor, attention: { ...attention(n - 1, true)!, onlyCrossAttention: false } })
       : null;
 
     const rev = [...c.block_out_channels].reverse();
@@ -168,12 +169,13 @@ export class UNet2DConditionModel {
     const revLayers = [...layers].reverse();
     const revCross = [...crossDims].reverse();
     const revT = [...tLayers].reverse();
+    const revOnlyCross = [...onlyCross].reverse();
     outCh = rev[0]!;
     c.up_block_types.forEach((type, i) => {
       const prev = outCh;
       outCh = rev[i]!;
       const inCh = rev[Math.min(i + 1, n - 1)]!;
-      const att = type === 'CrossAttnUpBlock2D' ? { heads: revHeads[i]!, transformerLayers: revT[i]!, crossAttentionDim: revCross[i]!, useLinearProjection: c.use_linear_projection } : undefined;
+      const att = type === 'CrossAttnUpBlock2D' ? { heads: revHeads[i]!, transformerLayers: revT[i]!, crossAttentionDim: revCross[i]!, useLinearProjection: c.use_linear_projection, onlyCrossAttention: revOnlyCross[i]! } : undefined;
       this.up_blocks.push(new UpBlock2D(store, `up_blocks.${i}`, { ...common, numLayers: revLayers[i]! + 1, inChannels: inCh, outChannels: outCh, prevOutputChannels: prev, addUpsample: i !== n - 1, attention: att }));
     });
 
@@ -232,13 +234,7 @@ export class UNet2DConditionModel {
 
   /** PyTorch-layout copies of every parameter (caller owns the arrays). */
   stateDict(): Record<string, { shape: number[]; data: Float32Array }> {
-    const out: Record<string, { shape: number[]; data: Float32Array }> = {};
-    for (const [name, p] of this.store.params) {
-      const t = tfToTorch(p.kind, p.variable);
-      out[name] = { shape: p.torchShape, data: t.dataSync() as Float32Array };
-      t.dispose();
-    }
-    return out;
+    return this.store.torchStateDict();
   }
 
   /** Writes `dir/config.json` and `dir/diffusion_pytorch_model.safetensors` (each atomically). */

@@ -1,0 +1,147 @@
+/**
+ * Optimisation pieces with PyTorch's exact semantics and state that can be saved by parameter
+ * name: Adam (torch.optim.Adam: bias-corrected, eps outside the sqrt), clip_grad_norm_, and an EMA
+ * of weights (diffusers' EMAModel with a constant decay).
+ */
+import { tf } from '../tf.ts';
+import type { Tensor, Variable } from '../tf.ts';
+
+export type NamedGrads = Map<string, Tensor>;
+
+export interface AdamOptions {
+  lr: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+}
+
+export class Adam {
+  readonly lr: number;
+  readonly beta1: number;
+  readonly beta2: number;
+  readonly eps: number;
+  readonly weightDecay: number;
+  /** Number of steps taken (PyTorch's state['step']). */
+  step = 0;
+  private readonly expAvg = new Map<string, Variable>();
+  private readonly expAvgSq = new Map<string, Variable>();
+
+  constructor(readonly params: Map<string, Variable>, options: AdamOptions) {
+    this.lr = options.lr;
+    this.beta1 = options.beta1 ?? 0.9;
+    this.beta2 = options.beta2 ?? 0.999;
+    this.eps = options.eps ?? 1e-8;
+    this.weightDecay = options.weightDecay ?? 0;
+    for (const [name, p] of params) {
+      this.expAvg.set(name, tf.variable(tf.zerosLike(p), false));
+      this.expAvgSq.set(name, tf.variable(tf.zerosLike(p), false));
+    }
+  }
+
+  /** One update from gradients keyed by parameter name (gradients are not disposed). */
+  apply(grads: NamedGrads): void {
+    this.step += 1;
+    const bc1 = 1 - this.beta1 ** this.step;
+    const bc2 = 1 - this.beta2 ** this.step;
+    const stepSize = this.lr / bc1;
+    tf.tidy(() => {
+      for (const [name, p] of this.params) {
+        let g = grads.get(name);
+        if (!g) continue;
+        if (this.weightDecay) g = tf.add(g, tf.mul(p, this.weightDecay));
+        const m = this.expAvg.get(name)!;
+        const v = this.expAvgSq.get(name)!;
+        m.assign(tf.add(tf.mul(m, this.beta1), tf.mul(g, 1 - this.beta1)));
+        v.assign(tf.add(tf.mul(v, this.beta2), tf.mul(tf.square(g), 1 - this.beta2)));
+        const denom = tf.add(tf.div(tf.sqrt(v), Math.sqrt(bc2)), this.eps);
+        p.assign(tf.sub(p, tf.mul(tf.div(m, denom), stepSize)));
+      }
+    });
+  }
+
+  /** State as PyTorch names it: `<param>.exp_avg`, `<param>.exp_avg_sq` (tfjs layouts). */
+  stateTensors(): Record<string, { shape: number[]; data: Float32Array }> {
+    const out: Record<string, { shape: number[]; data: Float32Array }> = {};
+    for (const [name, m] of this.expAvg) out[`${name}.exp_avg`] = { shape: m.shape, data: m.dataSync() as Float32Array };
+    for (const [name, v] of this.expAvgSq) out[`${name}.exp_avg_sq`] = { shape: v.shape, data: v.dataSync() as Float32Array };
+    return out;
+  }
+
+  loadState(step: number, tensors: Map<string, { shape: number[]; data: ArrayLike<number> }>, source = 'optimizer state'): void {
+    for (const [suffix, store] of [['exp_avg', this.expAvg], ['exp_avg_sq', this.expAvgSq]] as const) {
+      for (const [name, variable] of store) {
+        const t = tensors.get(`${name}.${suffix}`);
+        if (!t) throw new Error(`${source}: missing '${name}.${suffix}'`);
+        if (t.shape.join(',') !== variable.shape.join(',')) throw new Error(`${source}: '${name}.${suffix}' has shape [${t.shape}], expected [${variable.shape}]`);
+        const value = tf.tensor(t.data as Float32Array, t.shape);
+        variable.assign(value);
+        value.dispose();
+      }
+    }
+    this.step = step;
+  }
+
+  dispose(): void {
+    for (const v of [...this.expAvg.values(), ...this.expAvgSq.values()]) v.dispose();
+    this.expAvg.clear();
+    this.expAvgSq.clear();
+  }
+}
+
+/** Total L2 norm of all gradients (host number), as torch.nn.utils.clip_grad_norm_ computes it. */
+export function globalNorm(grads: Iterable<Tensor>): number {
+  const list = [...grads];
+  if (!list.length) return 0;
+  return tf.tidy(() => tf.sqrt(tf.addN(list.map((g) => tf.sum(tf.square(g))))).dataSync()[0]!);
+}
+
+/**
+ * clip_grad_norm_: scales every gradient by min(1, maxNorm / (norm + 1e-6)). Returns new tensors
+ * (the caller disposes the old ones) and the pre-clip norm, which may be NaN/Inf: callers check it.
+ */
+export function clipGradNorm(grads: NamedGrads, maxNorm: number): { grads: NamedGrads; norm: number } {
+  const norm = globalNorm(grads.values());
+  const coef = Math.min(1, maxNorm / (norm + 1e-6));
+  const out: NamedGrads = new Map();
+  for (const [name, g] of grads) out.set(name, coef === 1 ? tf.clone(g) : tf.mul(g, coef));
+  return { grads: out, norm };
+}
+
+/** Exponential moving average of weights: shadow = decay·shadow + (1-decay)·param. */
+export class EmaWeights {
+  readonly shadow = new Map<string, Variable>();
+
+  constructor(readonly params: Map<string, Variable>, readonly decay: number) {
+    for (const [name, p] of params) this.shadow.set(name, tf.variable(tf.clone(p), false));
+  }
+
+  update(): void {
+    tf.tidy(() => {
+      for (const [name, p] of this.params) {
+        const s = this.shadow.get(name)!;
+        s.assign(tf.add(tf.mul(s, this.decay), tf.mul(p, 1 - this.decay)));
+      }
+    });
+  }
+
+  /** Shadow values keyed by parameter name (tfjs layouts). */
+  get(name: string): Variable {
+    return this.shadow.get(name)!;
+  }
+
+  load(tensors: Map<string, { shape: number[]; data: ArrayLike<number> }>, source = 'EMA state'): void {
+    for (const [name, s] of this.shadow) {
+      const t = tensors.get(name);
+      if (!t) throw new Error(`${source}: missing '${name}'`);
+      const value = tf.tensor(t.data as Float32Array, s.shape);
+      s.assign(value);
+      value.dispose();
+    }
+  }
+
+  dispose(): void {
+    for (const s of this.shadow.values()) s.dispose();
+    this.shadow.clear();
+  }
+}
