@@ -65,7 +65,7 @@ describe('fixtures/parquet', () => {
   it('swiftbrush inspect --json matches expected.json for every file', async () => {
     const names = Object.keys(expected);
     expect(names.length).toBe(7);
-    const results = [];
+    const results: { code: number; stdout: string; stderr: string }[] = [];
     for (const n of names) results.push(await cli('inspect', '--json', join(GOOD, n)));
     names.forEach((name, i) => {
       const r = results[i]!;
@@ -119,7 +119,7 @@ describe('fixtures/parquet-bad', () => {
   });
 
   it('swiftbrush inspect exits non-zero naming the problem (and row); good.parquet passes', async () => {
-    const results = [];
+    const results: { code: number; stdout: string; stderr: string }[] = [];
     for (const c of cases) results.push(await cli('inspect', '--json', join(BAD, c[0])));
     results.push(await cli('inspect', join(BAD, 'good.parquet')));
     cases.forEach(([name, re], i) => {
