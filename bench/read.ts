@@ -49,7 +49,7 @@ async function writePhase(file: string, gb: number): Promise<void> {
   process.stdout.write(JSON.stringify({ rows, bytes: statSync(file).size, seconds }) + '\n');
 }
 
-async function readPhase(file: string, batchSize: number, shuffle: boolean): Promise<void> {
+async function readPhase(file: string, batchSize: number, shuffle: boolean, readAhead: number | undefined): Promise<void> {
   let peak = process.memoryUsage().rss;
   const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
   let rows = 0;
@@ -57,7 +57,7 @@ async function readPhase(file: string, batchSize: number, shuffle: boolean): Pro
   let checksum = 0;
   const t0 = performance.now();
   const batches = await lastValueFrom(
-    embeddingBatches({ files: [file], batchSize, shuffle, seed: 1, onRowGroupRead: () => groups++ }).pipe(
+    embeddingBatches({ files: [file], batchSize, shuffle, seed: 1, readAhead, onRowGroupRead: () => groups++ }).pipe(
       tap((b) => {
         rows += b.shape[0];
         checksum += b.embeds[0]! + b.embeds[b.embeds.length - 1]!;
@@ -84,7 +84,7 @@ function child(args: string[]): Record<string, number> {
 async function main(): Promise<void> {
   const phase = arg('phase');
   if (phase === 'write') return writePhase(arg('file')!, Number(arg('gb')));
-  if (phase === 'read') return readPhase(arg('file')!, Number(arg('batch')), flag('shuffle'));
+  if (phase === 'read') return readPhase(arg('file')!, Number(arg('batch')), flag('shuffle'), arg('read-ahead') === undefined ? undefined : Number(arg('read-ahead')));
 
   const gb = Number(arg('gb', '1.05'));
   const batch = arg('batch', '64')!;

@@ -64,6 +64,10 @@ export class EmbeddingParquetWriter {
       .setCompression(CODECS[options.compression ?? 'snappy'])
       .setMaxRowGroupSize(rowGroupSize)
       .setKeyValueMetadata(kv)
+      // Float embeddings never repeat: a dictionary only costs time (written, tried, then abandoned).
+      // (Per-column settings take a one-part path, so nested columns cannot be named: global off, prompt on.)
+      .setDictionaryEnabled(false)
+      .setColumnDictionaryEnabled('prompt', true)
       .setCreatedBy('swiftbrush-rx')
       .build();
     let resolveController!: (c: ReadableStreamDefaultController<pw.RecordBatch>) => void;
