@@ -224,3 +224,33 @@ describe('shuffle, shards, resume', () => {
     }
   });
 });
+
+describe('errors and scheduling', () => {
+  it('files of different shapes cannot share a stream', async () => {
+    const other = join(tmp.dir, 'other-shape.parquet');
+    const o = makeRows(4, 2, 6);
+    await writeEmbeddingParquet(other, o.prompts, o.embeds, [2, 6]);
+    await expect(all({ files: [fileA, other] })).rejects.toThrow(/other-shape\.parquet: embeddings have shape \[2, 6\] but .*a\.parquet has \[3, 4\]/);
+  });
+
+  it('a missing prompt (null) is an error naming the row, not a silent skip', async () => {
+    const { writeLayout } = await import('./helpers.ts');
+    const file = join(tmp.dir, 'null-prompt.parquet');
+    const r = makeRows(12, L, D);
+    writeLayout(file, 'list', r.prompts.map((p, i) => (i === 9 ? (null as unknown as string) : p)), r.embeds, [L, D], { rowGroupSize: 4 });
+    await expect(all({ files: [file], batchSize: 2 })).rejects.toThrow(/null-prompt\.parquet, row group 2, row 9: prompt is null/);
+  });
+
+  it('option errors arrive as stream errors', async () => {
+    await expect(all({ batchSize: 0 })).rejects.toThrow(/batchSize must be an integer >= 1/);
+    await expect(all({ rank: 2, worldSize: 2 })).rejects.toThrow(/rank 2 must be < worldSize 2/);
+    await expect(all({ files: [join(tmp.dir, 'missing.parquet')] })).rejects.toThrow(/missing\.parquet: cannot open/);
+  });
+
+  it('a scheduler moves deliveries (asyncScheduler) without changing order or content', async () => {
+    const { asyncScheduler } = await import('rxjs');
+    const a = await all({ shuffle: true, seed: 2 });
+    const b = await all({ shuffle: true, seed: 2, scheduler: asyncScheduler });
+    expect(key(b)).toEqual(key(a));
+  });
+});
