@@ -10,7 +10,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { lastValueFrom, tap, count } from 'rxjs';
@@ -56,6 +56,7 @@ async function readPhase(file: string, batchSize: number, shuffle: boolean, read
   let groups = 0;
   let checksum = 0;
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   const batches = await lastValueFrom(
     embeddingBatches({ files: [file], batchSize, shuffle, seed: 1, readAhead, onRowGroupRead: () => groups++ }).pipe(
       tap((b) => {
@@ -66,11 +67,13 @@ async function readPhase(file: string, batchSize: number, shuffle: boolean, read
     ),
   );
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const cpuSeconds = (cpu.user + cpu.system) / 1e6; // all threads (main + decode worker)
   clearInterval(sampler);
   peak = Math.max(peak, process.memoryUsage().rss, process.resourceUsage().maxRSS * 1024);
   const payload = rows * L * D * 4;
   process.stdout.write(
-    JSON.stringify({ rows, batches, rowGroups: groups, seconds, payloadBytes: payload, mbPerSec: payload / 1e6 / seconds, peakRssMiB: peak / 2 ** 20, checksum }) + '\n',
+    JSON.stringify({ rows, batches, rowGroups: groups, seconds, cpuSeconds, payloadBytes: payload, mbPerSec: payload / 1e6 / seconds, peakRssMiB: peak / 2 ** 20, checksum }) + '\n',
   );
 }
 
@@ -96,7 +99,7 @@ async function main(): Promise<void> {
     const r = child(['--phase', 'read', '--file', file, '--batch', batch, ...(flag('shuffle') ? ['--shuffle'] : [])]);
     const result = {
       file: { rows: r.rows, rowGroups: r.rowGroups, bytes: w.bytes, shape: [L, D], rowGroupRows: GROUP, writeSeconds: w.seconds },
-      read: { batchSize: Number(batch), shuffle: flag('shuffle'), seconds: r.seconds, payloadMB: r.payloadBytes! / 1e6, mbPerSec: r.mbPerSec, peakRssMiB: r.peakRssMiB },
+      read: { batchSize: Number(batch), shuffle: flag('shuffle'), seconds: r.seconds, cpuSeconds: r.cpuSeconds, loadAverage: loadavg()[0], payloadMB: r.payloadBytes! / 1e6, mbPerSec: r.mbPerSec, peakRssMiB: r.peakRssMiB },
       targets: { mbPerSec: 100, peakRssMiB: 400 },
       pass: r.mbPerSec! >= 100 && r.peakRssMiB! < 400,
     };
@@ -105,7 +108,9 @@ async function main(): Promise<void> {
       process.stdout.write(
         `wrote ${(w.bytes! / 1e9).toFixed(2)} GB (${r.rows} rows of [${L}, ${D}] float32, ${r.rowGroups} row groups of ${GROUP}, snappy) in ${w.seconds!.toFixed(1)} s\n` +
           `read  ${(r.payloadBytes! / 1e6).toFixed(0)} MB float payload in ${r.seconds!.toFixed(2)} s: ${r.mbPerSec!.toFixed(1)} MB/s, ` +
-          `peak RSS ${r.peakRssMiB!.toFixed(0)} MiB (batch ${batch}${flag('shuffle') ? ', shuffled' : ''}) → ${result.pass ? 'PASS' : 'FAIL'} (≥ 100 MB/s, < 400 MiB)\n`,
+          `peak RSS ${r.peakRssMiB!.toFixed(0)} MiB (batch ${batch}${flag('shuffle') ? ', shuffled' : ''}) → ${result.pass ? 'PASS' : 'FAIL'} (≥ 100 MB/s, < 400 MiB)\n` +
+          `      CPU ${r.cpuSeconds!.toFixed(2)} s over all threads (${((r.cpuSeconds! / r.payloadBytes!) * 1e9).toFixed(1)} CPU-s per GB); ` +
+          `load average ${loadavg()[0]!.toFixed(2)} on ${availableParallelism()} cores (other processes slow the wall-clock rate)\n`,
       );
     }
     if (!result.pass) process.exitCode = 1;
