@@ -114,10 +114,15 @@ describe('backpressure', () => {
           },
         })
           .pipe(
-            // A slow asynchronous consumer: 5 ms per batch, then it asks for one more.
+            // A slow asynchronous consumer: it lets the reader run as far ahead as it will (waits
+            // for it to stall at the bound, then a little longer to catch any overshoot) before it
+            // asks for one more batch.
             concatMap(async (b) => {
-              await sleep(5);
-              expect(decoded - demanded).toBeLessThanOrEqual(prefetch);
+              const target = Math.min(prefetch, 10 - demanded);
+              const t0 = Date.now();
+              while (decoded - demanded < target && Date.now() - t0 < 5000) await sleep(2);
+              await sleep(15);
+              expect(decoded - demanded).toBe(target);
               seen.push(b.position.batchIndex);
               demanded++;
               demand.next();
