@@ -34,6 +34,14 @@ const all = (o: Partial<EmbeddingStreamOptions>) =>
 const key = (bs: EmbeddingBatch[]) => bs.map((b) => b.prompts.join(','));
 const rowOf = (b: EmbeddingBatch, i: number) => b.embeds[i * L * D]!;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Polls `cond` (the machine may be busy: no fixed delays for progress). */
+async function until(cond: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > timeoutMs) throw new Error('timed out waiting');
+    await sleep(2);
+  }
+}
 
 describe('batches', () => {
   it('rows fill batches across row groups and files; the last batch is short, not padded; dropLast drops it', async () => {
@@ -140,11 +148,13 @@ describe('backpressure', () => {
     const demand = new Subject<void>();
     const got: EmbeddingBatch[] = [];
     const sub = embeddingBatches({ files: [fileA], batchSize: 10, prefetch: 2, readAhead: 0, demand, onRowGroupRead: () => decoded++ }).subscribe((b) => got.push(b));
-    await sleep(150);
+    await until(() => got.length >= 2);
+    await sleep(50);
     expect(got.length).toBe(2);
     expect(decoded).toBe(2);
     demand.next();
-    await sleep(100);
+    await until(() => got.length >= 3);
+    await sleep(50);
     expect(got.length).toBe(3);
     expect(decoded).toBe(3);
     sub.unsubscribe();
@@ -154,7 +164,8 @@ describe('backpressure', () => {
     let decoded = 0;
     const demand = new Subject<void>();
     const sub = embeddingBatches({ files: [fileA], batchSize: 10, prefetch: 2, demand, onRowGroupRead: () => decoded++ }).subscribe();
-    await sleep(150);
+    await until(() => decoded >= 2);
+    await sleep(50);
     expect(decoded).toBe(2); // consumed by the two allowed batches (the 3rd is only in flight in the worker)
     sub.unsubscribe();
   });
