@@ -6,6 +6,7 @@ import { register as embed } from './embed.ts';
 import { register as inspect } from './inspect.ts';
 import { register as importNpy } from './import_npy.ts';
 import { register as trainTeacher } from './train_teacher.ts';
+import { register as distill } from './distill.ts';
 import { register as unetForward } from './unet_forward.ts';
 
-export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy, trainTeacher, unetForward];
+export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy, trainTeacher, distill, unetForward];

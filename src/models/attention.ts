@@ -87,7 +87,7 @@ export class BasicTransformerBlock {
   }
 
   forward(hidden: Tensor3D, encoderHiddenStates: Tensor3D): Tensor3D {
-    let h = tf.add(this.attn1.forward(this.norm1.forward(hidden), this.onlyCrossAttention ? encoderHiddenStates : null), hidden);
+    let h: Tensor3D = tf.add(this.attn1.forward(this.norm1.forward(hidden), this.onlyCrossAttention ? encoderHiddenStates : null), hidden);
     h = tf.add(this.attn2.forward(this.norm2.forward(h), encoderHiddenStates), h);
     return tf.add(this.ff.forward(this.norm3.forward(h)), h);
   }

@@ -10,7 +10,9 @@ import type { LoraState } from './lora.ts';
 export class Conv2d {
   readonly weight: Variable;
   readonly bias: Variable | null;
-  private readonly pad: number[][];
+  /** 'valid' / 'same' where they equal PyTorch's padding (the native backend accepts only those), else an explicit pre-pad. */
+  private readonly mode: 'valid' | 'same';
+  private readonly prePad: [number, number][] | null;
 
   /**
    * @param padding PyTorch's symmetric padding, or explicit [top, bottom, left, right]
@@ -21,11 +23,22 @@ export class Conv2d {
     this.weight = store.create(`${name}.weight`, 'conv', [outChannels, inChannels, kernel, kernel], { fanIn });
     this.bias = bias ? store.create(`${name}.bias`, 'vector', [outChannels], { fanIn }) : null;
     const [t, b, l, r] = typeof padding === 'number' ? [padding, padding, padding, padding] : padding;
-    this.pad = [[0, 0], [t, b], [l, r], [0, 0]];
+    const half = (kernel - 1) / 2;
+    if (t === 0 && b === 0 && l === 0 && r === 0) {
+      this.mode = 'valid';
+      this.prePad = null;
+    } else if (stride === 1 && [t, b, l, r].every((p) => p === half)) {
+      this.mode = 'same'; // stride 1, odd kernel: TF's 'same' pads (k-1)/2 on every side, as PyTorch does here
+      this.prePad = null;
+    } else {
+      this.mode = 'valid';
+      this.prePad = [[0, 0], [t, b], [l, r], [0, 0]];
+    }
   }
 
   forward(x: Tensor4D): Tensor4D {
-    const y = tf.conv2d(x, this.weight as Tensor4D, this.stride, this.pad as never);
+    const input = this.prePad ? tf.pad(x, this.prePad) : x;
+    const y = tf.conv2d(input, this.weight as Tensor4D, this.stride, this.mode);
     return this.bias ? tf.add(y, this.bias) : y;
   }
 }

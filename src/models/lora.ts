@@ -108,7 +108,7 @@ export class LoraAdapter {
     return out;
   }
 
-  loadStateDict(tensors: Map<string, { shape: number[]; data: ArrayLike<number> | Float32Array }>, source = 'LoRA state dict'): void {
+  loadStateDict(tensors: Map<string, { shape: number[]; data: object }>, source = 'LoRA state dict'): void {
     // Accept the prefixes diffusers (`unet.`) and PEFT (`base_model.model.`) write.
     const strip = (k: string) => k.replace(/^(unet\.|base_model\.model\.)/, '');
     const byName = new Map([...tensors].map(([k, v]) => [strip(k), v]));

@@ -68,7 +68,7 @@ export class Adam {
     return out;
   }
 
-  loadState(step: number, tensors: Map<string, { shape: number[]; data: ArrayLike<number> }>, source = 'optimizer state'): void {
+  loadState(step: number, tensors: Map<string, { shape: number[]; data: object }>, source = 'optimizer state'): void {
     for (const [suffix, store] of [['exp_avg', this.expAvg], ['exp_avg_sq', this.expAvgSq]] as const) {
       for (const [name, variable] of store) {
         const t = tensors.get(`${name}.${suffix}`);
@@ -86,6 +86,47 @@ export class Adam {
     for (const v of [...this.expAvg.values(), ...this.expAvgSq.values()]) v.dispose();
     this.expAvg.clear();
     this.expAvgSq.clear();
+  }
+}
+
+/** Sums gradients over an accumulation window, each scaled by 1/k as accelerate's loss scaling does. */
+export class GradAccumulator {
+  private readonly sums = new Map<string, Tensor>();
+  /** Micro-batches added since the last `take`. */
+  count = 0;
+
+  /** Adds `grads · scale` (the caller keeps ownership of `grads`). */
+  add(grads: NamedGrads, scale: number): void {
+    for (const [name, g] of grads) {
+      const scaled = scale === 1 ? tf.clone(g) : tf.mul(g, scale);
+      const prev = this.sums.get(name);
+      if (prev) {
+        this.sums.set(name, tf.add(prev, scaled));
+        prev.dispose();
+        scaled.dispose();
+      } else {
+        this.sums.set(name, scaled);
+      }
+    }
+    this.count += 1;
+  }
+
+  /** The window's summed gradients; ownership passes to the caller and the accumulator empties. */
+  take(): NamedGrads {
+    const out = new Map(this.sums);
+    this.sums.clear();
+    this.count = 0;
+    return out;
+  }
+
+  get empty(): boolean {
+    return this.count === 0;
+  }
+
+  dispose(): void {
+    tf.dispose([...this.sums.values()]);
+    this.sums.clear();
+    this.count = 0;
   }
 }
 
@@ -116,13 +157,29 @@ export class EmaWeights {
     for (const [name, p] of params) this.shadow.set(name, tf.variable(tf.clone(p), false));
   }
 
-  update(): void {
+  /**
+   * diffusers' EMAModel decay for its `optimizationStep`-th update (1-based, no warm-up):
+   * min(decay, (1 + s) / (10 + s)) with s = optimizationStep - 1, and 0 for the first update, so a
+   * short run's EMA follows the weights instead of staying at the initialisation.
+   */
+  decayAt(optimizationStep: number): number {
+    const s = optimizationStep - 1;
+    return s <= 0 ? 0 : Math.min(this.decay, (1 + s) / (10 + s));
+  }
+
+  /** shadow ← d·shadow + (1−d)·param, with d = `decay` (default: the constant decay). */
+  update(decay = this.decay): void {
     tf.tidy(() => {
       for (const [name, p] of this.params) {
         const s = this.shadow.get(name)!;
-        s.assign(tf.add(tf.mul(s, this.decay), tf.mul(p, 1 - this.decay)));
+        s.assign(decay === 0 ? tf.clone(p) : tf.add(tf.mul(s, decay), tf.mul(p, 1 - decay)));
       }
     });
+  }
+
+  /** Current shadow values as plain arrays keyed by name (for checkpoints). */
+  tensors(): Record<string, { shape: number[]; data: Float32Array }> {
+    return Object.fromEntries([...this.shadow].map(([k, v]) => [k, { shape: v.shape, data: v.dataSync() as Float32Array }]));
   }
 
   /** Shadow values keyed by parameter name (tfjs layouts). */
@@ -130,7 +187,7 @@ export class EmaWeights {
     return this.shadow.get(name)!;
   }
 
-  load(tensors: Map<string, { shape: number[]; data: ArrayLike<number> }>, source = 'EMA state'): void {
+  load(tensors: Map<string, { shape: number[]; data: object }>, source = 'EMA state'): void {
     for (const [name, s] of this.shadow) {
       const t = tensors.get(name);
       if (!t) throw new Error(`${source}: missing '${name}'`);

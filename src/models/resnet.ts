@@ -31,7 +31,7 @@ export class ResnetBlock2D {
     h = tf.add(h, tf.reshape(t, [t.shape[0], 1, 1, t.shape[1]]));
     h = this.conv2.forward(silu(this.norm2.forward(h)));
     const shortcut = this.conv_shortcut ? this.conv_shortcut.forward(x) : x;
-    const out = tf.add(shortcut, h);
+    const out: Tensor4D = tf.add(shortcut, h);
     return this.outputScaleFactor === 1 ? out : tf.div(out, this.outputScaleFactor);
   }
 }

@@ -1,0 +1,139 @@
+/**
+ * `swiftbrush distill`: SwiftBrush distillation of a diffusers teacher over prompt embeddings.
+ * Every hyper-parameter of the official script is a flag or a key of `--config FILE.json`
+ * (flags win over the file; the file's keys are the flags' camelCase names, e.g. "guidanceScale").
+ */
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { initBackend } from '../backend.ts';
+import { runDistillation } from '../operators/run.ts';
+import { OFFICIAL_DEFAULTS, type DistillConfig } from '../operators/state.ts';
+import { log } from '../log.ts';
+import { backendOption, float, int } from './options.ts';
+
+const d = OFFICIAL_DEFAULTS;
+
+interface DistillFlags {
+  teacher?: string;
+  embeddings?: string;
+  out?: string;
+  config?: string;
+  steps?: number;
+  batchSize?: number;
+  gradAccum?: number;
+  seed?: number;
+  guidanceScale?: number;
+  studentLr?: number;
+  loraLr?: number;
+  loraRank?: number;
+  loraAlpha?: number;
+  loraTargets?: string;
+  maxGradNorm?: number;
+  emaDecay?: number;
+  tMin?: number;
+  tMax?: number;
+  loraNullPromptProb?: number;
+  maxNonFiniteSteps?: number;
+  adamBeta1?: number;
+  adamBeta2?: number;
+  adamEps?: number;
+  adamWeightDecay?: number;
+  checkpointEvery?: number;
+  checkpointsTotalLimit?: number;
+  validationEvery?: number;
+  validationPrompts?: number;
+  prefetch?: number;
+  resume?: boolean;
+  rawWeights?: boolean;
+  backend?: string;
+}
+
+const CONFIG_KEYS = new Set(['teacher', 'embeddings', 'out', 'steps', 'checkpointEvery', 'checkpointsTotalLimit', 'validationEvery', 'validationPrompts', 'prefetch', 'resume', 'rawWeights', 'backend', ...Object.keys(OFFICIAL_DEFAULTS)]);
+
+async function readConfigFile(path: string): Promise<Partial<DistillFlags & DistillConfig>> {
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(await readFile(path, 'utf8'));
+  } catch (err) {
+    throw new Error(`--config ${path}: ${(err as Error).message}`);
+  }
+  const unknown = Object.keys(raw).filter((k) => !CONFIG_KEYS.has(k));
+  if (unknown.length) throw new Error(`--config ${path}: unknown key(s) ${unknown.join(', ')} (known: ${[...CONFIG_KEYS].join(', ')})`);
+  return raw as Partial<DistillFlags & DistillConfig>;
+}
+
+export function register(program: Command): void {
+  program
+    .command('distill')
+    .description('distil a diffusers teacher into a one-step student (SwiftBrush / VSD) over Parquet prompt embeddings')
+    .option('--teacher <dir>', 'teacher pipeline folder (unet/ + scheduler/) or unet folder')
+    .option('--embeddings <files>', 'embedding Parquet file(s): a path, a glob or a comma list')
+    .option('--out <dir>', 'output folder (checkpoints, samples, metrics, student)')
+    .option('--config <file>', 'JSON file with any of these options (camelCase keys)')
+    .option('--steps <n>', 'optimiser steps', int(1))
+    .option('--batch-size <n>', `prompts per micro-batch (official ${d.batchSize})`, int(1))
+    .option('--grad-accum <k>', 'micro-batches per optimiser step', int(1))
+    .option('--seed <n>', 'seed of every random draw', int(0))
+    .option('--guidance-scale <w>', `CFG scale of both teachers (official ${d.guidanceScale})`, float)
+    .option('--student-lr <x>', `student Adam lr (official ${d.studentLr})`, float)
+    .option('--lora-lr <x>', `LoRA teacher Adam lr (official ${d.loraLr})`, float)
+    .option('--lora-rank <r>', `LoRA rank (official ${d.loraRank})`, int(1))
+    .option('--lora-alpha <a>', `LoRA alpha; scale alpha/rank (official ${d.loraAlpha})`, float)
+    .option('--lora-targets <list>', `comma list of attention projections (official ${d.loraTargets.join(',')})`)
+    .option('--max-grad-norm <x>', `gradient clipping per model (official ${d.maxGradNorm})`, float)
+    .option('--ema-decay <x>', `student EMA decay, 0 = off (official ${d.emaDecay})`, float)
+    .option('--t-min <t>', `smallest VSD timestep (official ${d.tMin})`, int(0))
+    .option('--t-max <t>', `largest VSD timestep (official ${d.tMax})`, int(0))
+    .option('--lora-null-prompt-prob <p>', `null-prompt probability for the LoRA teacher (official ${d.loraNullPromptProb})`, float)
+    .option('--max-non-finite-steps <n>', 'stop after this many non-finite steps in a row', int(1))
+    .option('--adam-beta1 <x>', 'Adam beta1', float)
+    .option('--adam-beta2 <x>', 'Adam beta2', float)
+    .option('--adam-eps <x>', 'Adam epsilon', float)
+    .option('--adam-weight-decay <x>', 'Adam weight decay', float)
+    .option('--checkpoint-every <n>', 'steps between checkpoints (default 500)', int(1))
+    .option('--checkpoints-total-limit <n>', 'checkpoints kept (default 3)', int(1))
+    .option('--validation-every <n>', 'steps between validation grids, 0 = off (default 100)', int(0))
+    .option('--validation-prompts <n>', 'prompts in the validation grid (default 8)', int(1))
+    .option('--prefetch <n>', 'embedding batches read ahead (default 2)', int(1))
+    .option('--resume', 'continue from the latest checkpoint in --out')
+    .option('--raw-weights', 'export the raw student weights instead of its EMA')
+    .addOption(backendOption())
+    .action(async (flags: DistillFlags) => {
+      const fromFile = flags.config ? await readConfigFile(flags.config) : {};
+      const defined = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined));
+      const o = { ...fromFile, ...defined } as DistillFlags & Partial<DistillConfig>;
+      for (const key of ['teacher', 'embeddings', 'out', 'steps'] as const) {
+        if (o[key] === undefined) throw new Error(`missing required option --${key} (or "${key}" in --config)`);
+      }
+      const backend = await initBackend(o.backend);
+      log.info({ backend: backend.backend, provider: backend.provider }, 'backend');
+      const config: Partial<DistillConfig> = {};
+      for (const key of Object.keys(OFFICIAL_DEFAULTS) as (keyof DistillConfig)[]) {
+        const v = (o as Record<string, unknown>)[key];
+        if (v !== undefined) (config as Record<string, unknown>)[key] = key === 'loraTargets' && typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : v;
+      }
+      let stop = false;
+      const onSignal = (signal: string) => {
+        log.warn({ signal }, 'stopping: a checkpoint is written at the end of this optimiser step');
+        stop = true;
+      };
+      process.once('SIGINT', () => onSignal('SIGINT'));
+      process.once('SIGTERM', () => onSignal('SIGTERM'));
+      const result = await runDistillation({
+        teacher: o.teacher!,
+        embeddings: o.embeddings!,
+        out: o.out!,
+        steps: o.steps!,
+        config,
+        checkpointEvery: o.checkpointEvery,
+        checkpointsTotalLimit: o.checkpointsTotalLimit,
+        resume: Boolean(o.resume),
+        validationEvery: o.validationEvery ?? 100,
+        validationPrompts: o.validationPrompts,
+        prefetch: o.prefetch,
+        exportRawWeights: Boolean(o.rawWeights),
+        stopRequested: () => stop,
+      });
+      process.stdout.write(`${JSON.stringify(result)}\n`);
+    });
+}

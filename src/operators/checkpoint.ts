@@ -1,0 +1,38 @@
+/**
+ * checkpoint: every `every` optimiser steps (and at any window end where `force(ctx)` holds, e.g.
+ * after SIGINT/SIGTERM or at the run's last step) snapshots the training state synchronously, then writes it
+ * as `OUT/checkpoint-<step>/` through a temp folder and a rename, keeping the newest `keep`.
+ * The context passes on once the files are in place. Holds no tensors.
+ */
+import { concatMap, endWith, from, ignoreElements, of, type Observable, type OperatorFunction } from 'rxjs';
+import type { StepContext } from './context.ts';
+import type { DistillState, TrainingSnapshot } from './state.ts';
+import { snapshotTrainingState, writeTrainingSnapshot } from './state.ts';
+import { saveCheckpoint } from '../util/checkpoint.ts';
+import { log } from '../log.ts';
+
+export interface CheckpointOptions {
+  out: string;
+  every: number;
+  keep?: number;
+  /** Also checkpoint at this window's end (e.g. a stop was requested, or it is the run's last step). */
+  force?: (ctx: StepContext) => boolean;
+  /** Replaces the file writing (tests inject a fake, e.g. one that takes virtual time). */
+  save?: (step: number, snapshot: TrainingSnapshot) => Observable<unknown> | Promise<unknown>;
+}
+
+export function shouldCheckpoint(ctx: StepContext, every: number, force?: (ctx: StepContext) => boolean): boolean {
+  return ctx.closesWindow && (ctx.step % every === 0 || Boolean(force?.(ctx)));
+}
+
+export function checkpoint(state: DistillState, options: CheckpointOptions): OperatorFunction<StepContext, StepContext> {
+  const save =
+    options.save ??
+    ((step: number, snapshot: TrainingSnapshot) =>
+      saveCheckpoint(options.out, step, (dir) => writeTrainingSnapshot(state, snapshot, dir), options.keep).then((path) => log.info({ step, path }, 'checkpoint saved')));
+  return concatMap((ctx: StepContext) => {
+    if (!shouldCheckpoint(ctx, options.every, options.force)) return of(ctx);
+    const snapshot = snapshotTrainingState(state, { step: ctx.step, microStep: ctx.microStep + 1, counters: state.counters });
+    return from(save(ctx.step, snapshot)).pipe(ignoreElements(), endWith(ctx));
+  });
+}

@@ -1,0 +1,92 @@
+/**
+ * The SwiftBrush step as one composed operator, and the stream that feeds it.
+ *
+ *   batches ─► toStepContext ─► studentForward ─► noiseAtT ─► teacherCFG ─► vsdUpdate
+ *           ─► noiseAtT′ ─► loraUpdate ─► emaUpdate ─► (your operators) ─► ack (pull the next batch)
+ *
+ * Backpressure: the embedding source emits at most `prefetch` batches beyond the ones the tail has
+ * acknowledged, so a slow operator (or a slow subscriber) stops the reading of row groups.
+ */
+import { Observable, Subject, defer, finalize, map, pipe, tap, type OperatorFunction, type SchedulerLike } from 'rxjs';
+import { tf } from '../tf.ts';
+import type { EmbeddingBatch } from '../streams/reader.ts';
+import { type StepContext, disposeContext } from './context.ts';
+import type { DistillState } from './state.ts';
+import { studentForward } from './student_forward.ts';
+import { noiseAtT } from './noise_at_t.ts';
+import { teacherCFG } from './teacher_cfg.ts';
+import { vsdUpdate } from './vsd_update.ts';
+import { noiseAtTPrime } from './noise_at_t_prime.ts';
+import { loraUpdate } from './lora_update.ts';
+import { emaUpdate } from './ema_update.ts';
+
+/** The six operators of one SwiftBrush step, in the official order, plus the student's EMA. */
+export function swiftbrushStep(state: DistillState): OperatorFunction<StepContext, StepContext> {
+  return pipe(studentForward(state), noiseAtT(state), teacherCFG(state), vsdUpdate(state), noiseAtTPrime(state), loraUpdate(state), emaUpdate(state));
+}
+
+/**
+ * Turns embedding batches into step contexts: uploads `promptEmbeds` and numbers the micro-batch.
+ * `firstMicroStep` continues the count after a resume.
+ */
+export function toStepContext(gradAccum: number, firstMicroStep = 0): OperatorFunction<EmbeddingBatch, StepContext> {
+  return (source) =>
+    defer(() => {
+      let microStep = firstMicroStep;
+      return source.pipe(
+        map((batch): StepContext => {
+          const m = microStep++;
+          return {
+            microStep: m,
+            step: Math.floor(m / gradAccum),
+            windowIndex: m % gradAccum,
+            closesWindow: m % gradAccum === gradAccum - 1,
+            prompts: batch.prompts,
+            position: batch.position,
+            tensors: { promptEmbeds: tf.tensor3d(batch.embeds, batch.shape) },
+            metrics: {},
+          };
+        }),
+      );
+    });
+}
+
+export interface DistillStreamOptions {
+  /** Builds the embedding source; it must emit at most `prefetch` batches beyond the demand signals. */
+  batches: (demand: Observable<unknown>) => Observable<EmbeddingBatch>;
+  /** Micro-batch index to start from (resume). */
+  firstMicroStep?: number;
+  /** Operators after the SwiftBrush step (checkpoint, validation, metrics, progress, your own). */
+  operators?: OperatorFunction<StepContext, StepContext>[];
+  scheduler?: SchedulerLike;
+}
+
+/**
+ * The whole distillation as an Observable of finished steps (contexts that hold no tensors).
+ * Unsubscribing or an error disposes the in-flight context's tensors and closes the source.
+ */
+export function distill(state: DistillState, options: DistillStreamOptions): Observable<StepContext> {
+  return defer(() => {
+    const demand = new Subject<void>();
+    const extra = options.operators ?? [];
+    let inFlight: StepContext | null = null;
+    const tracked = (ctx: StepContext) => {
+      inFlight = ctx;
+      return ctx;
+    };
+    return options.batches(demand).pipe(
+      toStepContext(state.config.gradAccum, options.firstMicroStep ?? 0),
+      map(tracked),
+      swiftbrushStep(state),
+      (source) => extra.reduce((acc, op) => op(acc), source),
+      tap(() => {
+        inFlight = null;
+        demand.next();
+      }),
+      finalize(() => {
+        if (inFlight) disposeContext(inFlight);
+        demand.complete();
+      }),
+    );
+  });
+}

@@ -1,0 +1,119 @@
+/**
+ * runDistillation: the `swiftbrush distill` job as a library call. Loads the teacher and the
+ * embeddings, resumes from the newest checkpoint when asked, streams the SwiftBrush step with the
+ * standard operators (EMA, checkpoint, validation grid, metrics, progress), and exports the student
+ * (diffusers layout, EMA weights by default), the LoRA teacher (PEFT) and the run's config.
+ */
+import { join } from 'node:path';
+import { firstValueFrom, lastValueFrom, takeWhile, type OperatorFunction } from 'rxjs';
+import { embeddingBatches, expandFiles, readNullEmbedding } from '../streams/reader.ts';
+import { latestCheckpoint } from '../util/checkpoint.ts';
+import { writeJsonAtomic } from '../util/fs.ts';
+import { log } from '../log.ts';
+import type { StepContext } from './context.ts';
+import { checkpoint } from './checkpoint.ts';
+import { distill } from './pipeline.ts';
+import { metricsJsonl } from './metrics.ts';
+import { progress } from './progress.ts';
+import { OFFICIAL_DEFAULTS, createDistillState, disposeDistillState, readTrainingState, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
+import { validation } from './validation.ts';
+import { copyFile, mkdir } from 'node:fs/promises';
+
+export interface DistillRunOptions {
+  teacher: string;
+  embeddings: string | string[];
+  out: string;
+  /** Optimiser steps (each = gradAccum micro-batches). */
+  steps: number;
+  config?: Partial<DistillConfig>;
+  checkpointEvery?: number;
+  checkpointsTotalLimit?: number;
+  resume?: boolean;
+  validationEvery?: number;
+  validationPrompts?: number;
+  prefetch?: number;
+  shuffle?: boolean;
+  shuffleBuffer?: number;
+  /** Export the raw student weights instead of the EMA's. */
+  exportRawWeights?: boolean;
+  stopRequested?: () => boolean;
+  /** Extra operators after the built-in ones. */
+  operators?: OperatorFunction<StepContext, StepContext>[];
+  tty?: boolean;
+}
+
+export interface DistillRunResult {
+  step: number;
+  studentDir: string;
+  stoppedEarly: boolean;
+}
+
+async function validationPrompts(files: string[], n: number) {
+  const first = await firstValueFrom(embeddingBatches({ files, batchSize: n, shuffle: false, epochs: 1 }));
+  return { embeds: first.embeds, shape: first.shape, prompts: first.prompts };
+}
+
+/** Writes the student (pipeline layout: unet/ + scheduler/), the LoRA adapter and the run config. */
+export async function exportStudent(state: DistillState, out: string, options: { teacherDir: string; raw?: boolean; runConfig: object }): Promise<string> {
+  const studentDir = join(out, 'student');
+  const weights = !options.raw && state.ema ? state.student.store.torchStateDict(state.ema.shadow) : undefined;
+  await state.student.savePretrained(join(studentDir, 'unet'), weights);
+  const dirs = await resolveTeacherDirs(options.teacherDir);
+  await mkdir(join(studentDir, 'scheduler'), { recursive: true });
+  await copyFile(join(dirs.scheduler, 'scheduler_config.json'), join(studentDir, 'scheduler', 'scheduler_config.json'));
+  await state.lora.save(join(out, 'lora'));
+  await writeJsonAtomic(join(out, 'config.json'), options.runConfig);
+  return studentDir;
+}
+
+export async function runDistillation(o: DistillRunOptions): Promise<DistillRunResult> {
+  const config: DistillConfig = { ...OFFICIAL_DEFAULTS, ...o.config };
+  const files = expandFiles(o.embeddings);
+  const nullEmbedding = await readNullEmbedding(files);
+  const state = await createDistillState({ teacherDir: o.teacher, nullEmbeds: nullEmbedding.embeds, embedShape: nullEmbedding.shape, config });
+  try {
+    let firstMicroStep = 0;
+    let startStep = 0;
+    const resumeFrom = o.resume ? await latestCheckpoint(o.out) : undefined;
+    if (resumeFrom) {
+      const progressState = await readTrainingState(state, resumeFrom.path);
+      firstMicroStep = progressState.microStep;
+      startStep = progressState.step;
+      log.info({ checkpoint: resumeFrom.path, step: startStep, microStep: firstMicroStep }, 'resuming');
+    } else if (o.resume) {
+      log.info({ out: o.out }, 'no checkpoint to resume from: starting at step 0');
+    }
+    const runConfig = { teacher: o.teacher, embeddings: files, steps: o.steps, ...config, checkpoint_every: o.checkpointEvery, validation_every: o.validationEvery };
+    await writeJsonAtomic(join(o.out, 'config.json'), runConfig);
+    if (startStep >= o.steps) {
+      log.info({ step: startStep }, 'already at the requested number of steps');
+    } else {
+      const stop = () => Boolean(o.stopRequested?.());
+      const isLast = (ctx: StepContext) => ctx.closesWindow && (ctx.step >= o.steps || stop());
+      const operators: OperatorFunction<StepContext, StepContext>[] = [];
+      if (o.validationEvery && o.validationEvery > 0) {
+        const v = await validationPrompts(files, o.validationPrompts ?? 8);
+        operators.push(validation(state, { out: o.out, every: o.validationEvery, embeds: v.embeds, shape: v.shape, seed: config.seed }));
+      }
+      operators.push(
+        checkpoint(state, { out: o.out, every: o.checkpointEvery ?? 500, keep: o.checkpointsTotalLimit ?? 3, force: isLast }),
+        metricsJsonl(state, join(o.out, 'metrics.jsonl')),
+        progress(state, { totalSteps: o.steps, startStep, tty: o.tty }),
+        ...(o.operators ?? []),
+      );
+      const steps$ = distill(state, {
+        firstMicroStep,
+        operators,
+        batches: (demand) =>
+          embeddingBatches({ files, batchSize: config.batchSize, shuffle: o.shuffle ?? true, shuffleBuffer: o.shuffleBuffer, seed: config.seed, epochs: Infinity, startBatch: firstMicroStep, prefetch: o.prefetch ?? 2, demand }),
+      }).pipe(takeWhile((ctx) => !isLast(ctx), true));
+      const last = await lastValueFrom(steps$, { defaultValue: undefined });
+      startStep = last?.step ?? startStep;
+    }
+    const studentDir = await exportStudent(state, o.out, { teacherDir: o.teacher, raw: o.exportRawWeights, runConfig });
+    log.info({ step: startStep, studentDir }, 'student exported');
+    return { step: startStep, studentDir, stoppedEarly: startStep < o.steps };
+  } finally {
+    disposeDistillState(state);
+  }
+}

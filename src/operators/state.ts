@@ -1,0 +1,206 @@
+/**
+ * Everything the distillation operators share, passed to each explicitly (no module state):
+ * the teacher UNet with its LoRA adapter (one model: LoRA off = frozen teacher, on = LoRA teacher),
+ * the student (a trainable copy of the teacher), the schedule, both optimisers, their gradient
+ * accumulators, the student's EMA, the seeded RNG and the null-prompt embedding.
+ */
+import { mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { tf } from '../tf.ts';
+import type { Tensor3D } from '../tf.ts';
+import { UNet2DConditionModel } from '../models/unet_2d_condition.ts';
+import { LoraAdapter } from '../models/lora.ts';
+import { NoiseSchedule } from '../models/schedule.ts';
+import { Adam, EmaWeights, GradAccumulator } from '../models/optim.ts';
+import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
+import { StepRng } from '../util/rng.ts';
+import { writeJsonAtomic } from '../util/fs.ts';
+
+/** Hyper-parameters; defaults are the official SwiftBrush script's (SD 2.1-base). */
+export interface DistillConfig {
+  seed: number;
+  batchSize: number;
+  gradAccum: number;
+  guidanceScale: number;
+  studentLr: number;
+  loraLr: number;
+  loraRank: number;
+  loraAlpha: number;
+  loraTargets: string[];
+  maxGradNorm: number;
+  /** EMA of the student; 0 disables it. */
+  emaDecay: number;
+  /** VSD timesteps t ∈ [tMin, tMax] (inclusive), the LoRA teacher's t′ ∈ [0, T−1]. */
+  tMin: number;
+  tMax: number;
+  /** Probability (one draw per micro-batch) that the LoRA teacher trains on the null prompt. */
+  loraNullPromptProb: number;
+  /** Stop after this many consecutive windows with a non-finite loss or gradient. */
+  maxNonFiniteSteps: number;
+  adamBeta1: number;
+  adamBeta2: number;
+  adamEps: number;
+  adamWeightDecay: number;
+}
+
+export const OFFICIAL_DEFAULTS: DistillConfig = {
+  seed: 0,
+  batchSize: 16,
+  gradAccum: 1,
+  guidanceScale: 4.5,
+  studentLr: 1e-6,
+  loraLr: 1e-3,
+  loraRank: 64,
+  loraAlpha: 108,
+  loraTargets: ['to_q', 'to_v'],
+  maxGradNorm: 1.0,
+  emaDecay: 0.9999,
+  tMin: 20,
+  tMax: 980,
+  loraNullPromptProb: 0.1,
+  maxNonFiniteSteps: 10,
+  adamBeta1: 0.9,
+  adamBeta2: 0.999,
+  adamEps: 1e-8,
+  adamWeightDecay: 0,
+};
+
+export interface DistillState {
+  readonly config: DistillConfig;
+  readonly schedule: NoiseSchedule;
+  /** Frozen weights; LoRA adapter attached (switched by `lora.with(on, fn)`). */
+  readonly teacher: UNet2DConditionModel;
+  readonly lora: LoraAdapter;
+  readonly student: UNet2DConditionModel;
+  readonly studentOptimizer: Adam;
+  readonly loraOptimizer: Adam;
+  readonly studentGrads: GradAccumulator;
+  readonly loraGrads: GradAccumulator;
+  readonly ema: EmaWeights | null;
+  readonly rng: StepRng;
+  /** y0: the null prompt's embedding [1, L, D]. */
+  readonly nullEmbeds: Tensor3D;
+  /** Counters that survive a resume. */
+  readonly counters: { nonFiniteInARow: number; skippedSteps: number };
+}
+
+/** The teacher folder may be a pipeline (unet/, scheduler/) or a bare unet folder. */
+export async function resolveTeacherDirs(dir: string): Promise<{ unet: string; scheduler: string }> {
+  const exists = async (p: string) => readFile(p).then(() => true, () => false);
+  if (await exists(join(dir, 'unet', 'config.json'))) return { unet: join(dir, 'unet'), scheduler: join(dir, 'scheduler') };
+  if (await exists(join(dir, 'config.json'))) return { unet: dir, scheduler: join(dir, '..', 'scheduler') };
+  throw new Error(`${dir}: no diffusers UNet here (expected unet/config.json or config.json)`);
+}
+
+export async function createDistillState(options: { teacherDir: string; nullEmbeds: Float32Array; embedShape: [number, number]; config: DistillConfig }): Promise<DistillState> {
+  const { config } = options;
+  const dirs = await resolveTeacherDirs(options.teacherDir);
+  const schedule = await NoiseSchedule.load(dirs.scheduler);
+  const teacher = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: false });
+  const student = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: true });
+  const lora = LoraAdapter.attach(teacher, { rank: config.loraRank, alpha: config.loraAlpha, targetModules: config.loraTargets }, config.seed);
+  const adam = (lr: number) => ({ lr, beta1: config.adamBeta1, beta2: config.adamBeta2, eps: config.adamEps, weightDecay: config.adamWeightDecay });
+  const studentParams = student.store.named();
+  return {
+    config,
+    schedule,
+    teacher,
+    lora,
+    student,
+    studentOptimizer: new Adam(studentParams, adam(config.studentLr)),
+    loraOptimizer: new Adam(lora.store.named(), adam(config.loraLr)),
+    studentGrads: new GradAccumulator(),
+    loraGrads: new GradAccumulator(),
+    ema: config.emaDecay > 0 ? new EmaWeights(studentParams, config.emaDecay) : null,
+    rng: new StepRng(config.seed),
+    nullEmbeds: tf.tensor3d(options.nullEmbeds, [1, ...options.embedShape]),
+    counters: { nonFiniteInARow: 0, skippedSteps: 0 },
+  };
+}
+
+export function disposeDistillState(state: DistillState): void {
+  state.teacher.dispose();
+  state.lora.dispose();
+  state.student.dispose();
+  state.studentOptimizer.dispose();
+  state.loraOptimizer.dispose();
+  state.studentGrads.dispose();
+  state.loraGrads.dispose();
+  state.ema?.dispose();
+  state.nullEmbeds.dispose();
+}
+
+/** What a training checkpoint's state.json holds besides the tensors. */
+export interface TrainingProgress {
+  step: number;
+  /** Micro-batches consumed = the stream's batchIndex to resume from. */
+  microStep: number;
+  counters: { nonFiniteInARow: number; skippedSteps: number };
+}
+
+type Arrays = Record<string, { shape: number[]; data: Float32Array }>;
+
+/** Host copies of everything a training checkpoint holds, taken synchronously at one step. */
+export interface TrainingSnapshot {
+  progress: TrainingProgress;
+  student: Arrays;
+  studentEma: Arrays | null;
+  lora: Arrays;
+  studentOptimizer: { step: number; tensors: Arrays };
+  loraOptimizer: { step: number; tensors: Arrays };
+}
+
+/**
+ * Copies the training state to host memory NOW (synchronously), so the files written afterwards
+ * describe exactly this step even while later steps run. Only taken on window boundaries, where
+ * the gradient accumulators are empty.
+ */
+export function snapshotTrainingState(state: DistillState, progress: TrainingProgress): TrainingSnapshot {
+  return {
+    progress: { ...progress, counters: { ...progress.counters } },
+    student: state.student.stateDict(),
+    studentEma: state.ema ? state.student.store.torchStateDict(state.ema.shadow) : null,
+    lora: state.lora.stateDict(),
+    studentOptimizer: { step: state.studentOptimizer.step, tensors: state.studentOptimizer.stateTensors() },
+    loraOptimizer: { step: state.loraOptimizer.step, tensors: state.loraOptimizer.stateTensors() },
+  };
+}
+
+/**
+ * Writes a snapshot as a training checkpoint folder: student `unet/` and `unet_ema/` (diffusers
+ * layout), `unet_lora/` (PEFT), both optimisers' moments (PyTorch's exp_avg / exp_avg_sq names),
+ * and `state.json` (step, micro-step = stream position, counters, config).
+ */
+export async function writeTrainingSnapshot(state: DistillState, snapshot: TrainingSnapshot, dir: string): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  await state.student.savePretrained(join(dir, 'unet'), snapshot.student);
+  if (snapshot.studentEma) await state.student.savePretrained(join(dir, 'unet_ema'), snapshot.studentEma);
+  await state.lora.save(join(dir, 'unet_lora'), snapshot.lora);
+  await writeSafetensors(join(dir, 'optimizer.safetensors'), snapshot.studentOptimizer.tensors);
+  await writeSafetensors(join(dir, 'optimizer_lora.safetensors'), snapshot.loraOptimizer.tensors);
+  await writeJsonAtomic(join(dir, 'state.json'), {
+    ...snapshot.progress,
+    student_optimizer_step: snapshot.studentOptimizer.step,
+    lora_optimizer_step: snapshot.loraOptimizer.step,
+    config: state.config,
+  });
+}
+
+/** Restores what writeTrainingSnapshot wrote; returns the progress to resume from. */
+export async function readTrainingState(state: DistillState, dir: string): Promise<TrainingProgress> {
+  const json = JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as TrainingProgress & { student_optimizer_step: number; lora_optimizer_step: number };
+  const weights = async (path: string) => (await readSafetensors(join(dir, path))).tensors;
+  state.student.loadStateDict(await weights('unet/diffusion_pytorch_model.safetensors'), join(dir, 'unet'));
+  if (state.ema) {
+    // EMA shadows are stored in PyTorch layout (a loadable diffusers UNet): load through a scratch model.
+    const scratch = UNet2DConditionModel.fromConfig(state.student.config, { trainable: false });
+    scratch.loadStateDict(await weights('unet_ema/diffusion_pytorch_model.safetensors'), join(dir, 'unet_ema'));
+    for (const [name, v] of scratch.store.named()) state.ema.get(name).assign(v);
+    scratch.dispose();
+  }
+  state.lora.loadStateDict(await weights('unet_lora/adapter_model.safetensors'), join(dir, 'unet_lora'));
+  state.studentOptimizer.loadState(json.student_optimizer_step, await weights('optimizer.safetensors'), join(dir, 'optimizer.safetensors'));
+  state.loraOptimizer.loadState(json.lora_optimizer_step, await weights('optimizer_lora.safetensors'), join(dir, 'optimizer_lora.safetensors'));
+  Object.assign(state.counters, json.counters);
+  return { step: json.step, microStep: json.microStep, counters: json.counters };
+}

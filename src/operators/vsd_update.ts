@@ -1,0 +1,87 @@
+/**
+ * vsdUpdate: the student's Variational Score Distillation update.
+ *
+ * g = nan_to_num(σ_t² (ε_teacher − ε_lora)); L = 0.5·mean((x̂0 − sg(x̂0 − g))²), so dL/dx̂0 = g / numel.
+ * The student's gradient is that of Σ f_θ(z, y) · sg(g) / numel, taken under a fresh tape by
+ * recomputing f_θ(z, y) (tfjs' tape is closure-scoped and cannot reach back into studentForward).
+ * Gradients are summed over the accumulation window (each ×1/k); on the window's last micro-batch
+ * they are clipped (maxGradNorm) and Adam steps — BEFORE the LoRA teacher's step, as officially.
+ * A non-finite gradient skips the step (counted; too many in a row stops the run).
+ *
+ * Reads `epsTeacher`, `epsLora`, `latents` (disposes all three: last user), `promptEmbeds`, `x0`
+ * (kept), `ctx.timesteps`. Adds metrics.lossVsd (and gradNormStudent / skippedStudent on a window's end).
+ */
+import type { OperatorFunction } from 'rxjs';
+import { tf } from '../tf.ts';
+import type { Tensor, Tensor4D } from '../tf.ts';
+import { clipGradNorm, type NamedGrads } from '../models/optim.ts';
+import type { StepContext } from './context.ts';
+import { need, take } from './context.ts';
+import { stepOperator } from './operator.ts';
+import type { DistillState } from './state.ts';
+import { studentX0 } from './student_forward.ts';
+
+const FLOAT32_MAX = 3.4028234663852886e38;
+
+/** torch.nan_to_num: NaN → 0, ±Inf → ±float32 max. */
+export function nanToNum<T extends Tensor>(x: T): T {
+  return tf.tidy(() => tf.where(tf.isNaN(x), tf.zerosLike(x), tf.clipByValue(x, -FLOAT32_MAX, FLOAT32_MAX)) as T);
+}
+
+/** The score gradient g = nan_to_num(σ_t² (ε_teacher − ε_lora)). */
+export function scoreGradient(state: DistillState, epsTeacher: Tensor4D, epsLora: Tensor4D, timesteps: number[]): Tensor4D {
+  return tf.tidy(() => {
+    const sigma2 = tf.tensor4d(timesteps.map((t) => 1 - state.schedule.alphaBar(t)), [timesteps.length, 1, 1, 1]);
+    return nanToNum(tf.mul(sigma2, tf.sub(epsTeacher, epsLora)));
+  });
+}
+
+/** Named gradients of Σ f_θ(z, y)·g / numel: the VSD loss's gradient w.r.t. the student. */
+export function studentGradients(state: DistillState, z: Tensor4D, y: Tensor, g: Tensor4D): NamedGrads {
+  const params = state.student.store.named();
+  const { value, grads } = tf.variableGrads(() => tf.div(tf.sum(tf.mul(studentX0(state, z, y as never), g)), g.size) as tf.Scalar, [...params.values()]);
+  value.dispose();
+  return new Map([...params].map(([name, v]) => [name, grads[v.name]!]));
+}
+
+/** Clips and applies a window's summed gradients unless they are non-finite; returns the pre-clip norm. */
+export function stepOptimizer(grads: NamedGrads, maxGradNorm: number, apply: (g: NamedGrads) => void): { norm: number; skipped: boolean } {
+  const clipped = clipGradNorm(grads, maxGradNorm);
+  try {
+    const skipped = !Number.isFinite(clipped.norm);
+    if (!skipped) apply(clipped.grads);
+    return { norm: clipped.norm, skipped };
+  } finally {
+    tf.dispose([...grads.values(), ...clipped.grads.values()]);
+  }
+}
+
+export function vsdUpdate(state: DistillState): OperatorFunction<StepContext, StepContext> {
+  const flush = () => {
+    if (state.studentGrads.empty) return;
+    stepOptimizer(state.studentGrads.take(), state.config.maxGradNorm, (g) => state.studentOptimizer.apply(g));
+  };
+  return stepOperator((ctx) => {
+    const epsTeacher = take(ctx, 'epsTeacher', 'vsdUpdate');
+    const epsLora = take(ctx, 'epsLora', 'vsdUpdate');
+    const z = take(ctx, 'latents', 'vsdUpdate');
+    const toDispose: Tensor[] = [epsTeacher, epsLora, z];
+    try {
+      const y = need(ctx, 'promptEmbeds', 'vsdUpdate');
+      if (!ctx.timesteps) throw new Error('vsdUpdate: ctx.timesteps is missing (noiseAtT must run first)');
+      const g = scoreGradient(state, epsTeacher, epsLora, ctx.timesteps);
+      toDispose.push(g);
+      ctx.metrics.lossVsd = tf.tidy(() => tf.mul(tf.mean(tf.square(g)), 0.5).dataSync()[0]!);
+      const grads = studentGradients(state, z, y, g);
+      state.studentGrads.add(grads, 1 / state.config.gradAccum);
+      tf.dispose([...grads.values()]);
+      if (ctx.closesWindow) {
+        const { norm, skipped } = stepOptimizer(state.studentGrads.take(), state.config.maxGradNorm, (gr) => state.studentOptimizer.apply(gr));
+        ctx.metrics.gradNormStudent = norm;
+        ctx.metrics.skippedStudent = skipped;
+      }
+    } finally {
+      tf.dispose(toDispose);
+    }
+  }, flush);
+}
