@@ -579,12 +579,12 @@ function rowStartOf(rowGroupRows: number[], g: number): number {
 /**
  * Guess [L, D] from a flat row of n values when the file says nothing (duckdb, polars):
  * a multiple of 77 (CLIP's padded token count) gives [77, n/77]; otherwise the largest L with
- * D = n/L an integer and D ≥ 4·L (token count well below the width: [8, 32], [16, 64], ...).
+ * D = n/L an integer and D ≥ 2·L (fewer tokens than channels: [4, 8], [8, 32], [16, 64], ...).
  */
 export function inferShape(n: number): [number, number] {
-  if (n % 77 === 0 && n / 77 >= 64) return [77, n / 77];
+  if (n % 77 === 0) return [77, n / 77];
   let best = 1;
-  for (let l = 1; l * l * 4 <= n; l++) if (n % l === 0) best = l;
+  for (let l = 1; l * l * 2 <= n; l++) if (n % l === 0) best = l;
   return [best, n / best];
 }
 

@@ -75,6 +75,8 @@ describe('layouts written by arrow-rs (other shapes and row-group sizes than the
     expect(inferShape(77 * 1024)).toEqual([77, 1024]);
     expect(inferShape(256)).toEqual([8, 32]);
     expect(inferShape(16 * 64)).toEqual([16, 64]);
+    expect(inferShape(32)).toEqual([4, 8]);
+    expect(inferShape(77 * 768)).toEqual([77, 768]);
   });
 
   it('a non-finite value in a later file names file, row group and row; the batches before it were whole', async () => {
