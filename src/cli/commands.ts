@@ -8,5 +8,7 @@ import { register as importNpy } from './import_npy.ts';
 import { register as trainTeacher } from './train_teacher.ts';
 import { register as distill } from './distill.ts';
 import { register as unetForward } from './unet_forward.ts';
+import { register as sample } from './sample.ts';
+import { register as evaluate } from './eval.ts';
 
-export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy, trainTeacher, distill, unetForward];
+export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy, trainTeacher, distill, unetForward, sample, evaluate];
