@@ -7,7 +7,7 @@ import pretty from 'pino-pretty';
 
 function makeLogger(): Logger {
   const level = process.env.SWIFTBRUSH_LOG_LEVEL ?? (process.env.VITEST ? 'warn' : 'info');
-  const stream = process.stderr.isTTY ? pretty({ colorize: true, destination: 2, ignore: 'pid,hostname' }) : pino.destination(2);
+  const stream = process.stderr.isTTY ? pretty({ colorize: true, destination: 2, ignore: 'pid,hostname' }) : pino.destination({ dest: 2, sync: true });
   return pino({ level, base: undefined }, stream);
 }
 

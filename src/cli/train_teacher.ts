@@ -38,7 +38,7 @@ export function register(program: Command): void {
         shouldStop: () => stop,
         onStep: ({ step, loss, gradNorm, secondsPerStep }) => {
           ema = ema ? 0.98 * ema + 0.02 * loss : loss;
-          if (step % 20 === 0) log.info({ step, loss: +ema.toFixed(5), gradNorm: +gradNorm.toFixed(3), s_per_step: +secondsPerStep.toFixed(3) }, 'teacher');
+          if (step % 20 === 0 || step <= 3) log.info({ step, loss: +ema.toFixed(5), gradNorm: +gradNorm.toFixed(3), s_per_step: +secondsPerStep.toFixed(3) }, 'teacher');
         },
       });
     });

@@ -159,6 +159,8 @@ export async function trainTeacher(o: TeacherTrainOptions): Promise<{ step: numb
     step += 1;
     o.onStep?.({ step, loss, gradNorm: clipped.norm, secondsPerStep: (performance.now() - t0) / 1000 });
     if (step % o.checkpointEvery === 0 || step === o.steps) await checkpoint();
+    // Yield to the event loop so signals (SIGINT/SIGTERM → checkpoint and stop) are handled.
+    await new Promise((resolve) => setImmediate(resolve));
   }
   if (step % o.checkpointEvery !== 0 && step !== o.steps) await checkpoint(); // stopped by a signal
   unet.dispose();
