@@ -58,7 +58,7 @@ export async function sampleToDir(o: SampleOptions): Promise<SampleResult> {
     log.info({ unet: o.unet, scheduler: schedulerSource, n, prompts: prompts.length, steps, guidanceScale, seed: o.seed ?? 0 }, 'sampling');
     let last = 0;
     const g = generate({
-      unet, schedule, embeds, embedShape: shape, promptIndex, nullEmbed, steps, guidanceScale, seed: o.seed ?? 0, batchSize: o.batchSize,
+      unet, schedule, embeds, embedShape: shape, promptIndex, nullEmbed, steps, guidanceScale, seed: o.seed ?? 0, batchSize: o.batchSize, warmup: true,
       onBatch: (done, total) => {
         if (done === total || performance.now() - last > 2000) {
           last = performance.now();

@@ -160,7 +160,7 @@ export async function evaluateModels(o: EvaluateOptions): Promise<EvaluateResult
   const progress = (model: ModelKey) => (done: number, total: number) => o.onProgress?.({ model, done, total });
   const run = (p: Pipeline, model: ModelKey, steps: number, guidanceScale: number, count = n) => {
     log.info({ model, n: count, steps, guidanceScale }, 'eval: sampling');
-    return generate({ unet: p.unet, schedule: p.schedule, embeds: cond.embeds, embedShape: cond.shape, promptIndex: promptIndex.subarray(0, count), nullEmbed: cond.nullEmbed, steps, guidanceScale, seed, batchSize, onBatch: progress(model) });
+    return generate({ unet: p.unet, schedule: p.schedule, embeds: cond.embeds, embedShape: cond.shape, promptIndex: promptIndex.subarray(0, count), nullEmbed: cond.nullEmbed, steps, guidanceScale, seed, batchSize, warmup: true, onBatch: progress(model) });
   };
   try {
     if (doTeacher || (doStudent && o.gridPath)) teacher = await loadPipeline(o.teacher);

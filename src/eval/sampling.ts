@@ -142,6 +142,8 @@ export interface GenerateOptions {
   batchSize?: number;
   /** Sample indices used for the noise are `indexOffset + i` (default 0). */
   indexOffset?: number;
+  /** Run one untimed batch-1 UNet pass first (for fair samples/s). */
+  warmup?: boolean;
   onBatch?: (done: number, total: number) => void;
 }
 
@@ -169,6 +171,10 @@ export function generate(o: GenerateOptions): Generated {
   const T = o.schedule.numTrainTimesteps;
   const pix = H * W * C;
   const images = new Float32Array(N * pix);
+  if (o.warmup) {
+    // one untimed batch-1 pass: first-call kernel set-up would otherwise count against samples/s
+    tf.tidy(() => o.unet.forward(tf.zeros([1, H, W, C]) as Tensor4D, [T - 1], tf.tensor3d(o.embeds.subarray(0, per), [1, L, D]) as Tensor3D).dataSync());
+  }
   const t0 = performance.now();
   for (let s = 0; s < N; s += bs) {
     const e = Math.min(N, s + bs);
