@@ -64,10 +64,9 @@ export class EmbeddingParquetWriter {
       .setCompression(CODECS[options.compression ?? 'snappy'])
       .setMaxRowGroupSize(rowGroupSize)
       .setKeyValueMetadata(kv)
-      // Float embeddings never repeat: a dictionary only costs time (written, tried, then abandoned).
-      // (Per-column settings take a one-part path, so nested columns cannot be named: global off, prompt on.)
+      // No dictionaries: float embeddings never repeat and prompts rarely do; a dictionary only costs
+      // time (built, then abandoned for plain pages) when writing and reading.
       .setDictionaryEnabled(false)
-      .setColumnDictionaryEnabled('prompt', true)
       .setCreatedBy('swiftbrush-rx')
       .build();
     let resolveController!: (c: ReadableStreamDefaultController<pw.RecordBatch>) => void;
