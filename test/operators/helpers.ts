@@ -1,0 +1,73 @@
+/** Tiny teachers and states for the operator tests (fast on wasm). */
+import { mkdtemp, mkdir, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { initBackend } from '../../src/backend.ts';
+import { UNet2DConditionModel } from '../../src/models/unet_2d_condition.ts';
+import { readNullEmbedding } from '../../src/streams/reader.ts';
+import { createDistillState, OFFICIAL_DEFAULTS, type DistillConfig, type DistillState } from '../../src/operators/state.ts';
+import { tf } from '../../src/tf.ts';
+
+export const EMBEDDINGS = fileURLToPath(new URL('../../data/embeddings.parquet', import.meta.url));
+
+export const TINY_UNET = {
+  sample_size: 8,
+  in_channels: 1,
+  out_channels: 1,
+  block_out_channels: [8, 16],
+  down_block_types: ['DownBlock2D', 'CrossAttnDownBlock2D'],
+  up_block_types: ['CrossAttnUpBlock2D', 'UpBlock2D'],
+  layers_per_block: 1,
+  attention_head_dim: 2,
+  cross_attention_dim: 32,
+  norm_num_groups: 4,
+};
+
+export const TINY_SCHEDULER = {
+  _class_name: 'DDIMScheduler',
+  num_train_timesteps: 1000,
+  beta_start: 0.00085,
+  beta_end: 0.012,
+  beta_schedule: 'scaled_linear',
+  prediction_type: 'epsilon',
+  set_alpha_to_one: false,
+  steps_offset: 1,
+};
+
+/** A random tiny teacher saved as a diffusers pipeline folder (unet/ + scheduler/). */
+export async function makeTinyTeacher(seed = 3): Promise<string> {
+  await initBackend('wasm');
+  const dir = await mkdtemp(join(tmpdir(), 'sb-teacher-'));
+  const unet = UNet2DConditionModel.fromConfig(TINY_UNET, { seed });
+  await unet.savePretrained(join(dir, 'unet'));
+  unet.dispose();
+  await mkdir(join(dir, 'scheduler'), { recursive: true });
+  await writeFile(join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify(TINY_SCHEDULER));
+  return dir;
+}
+
+/** Test config: small LoRA, lrs large enough to move weights visibly. */
+export function testConfig(overrides: Partial<DistillConfig> = {}): DistillConfig {
+  return { ...OFFICIAL_DEFAULTS, batchSize: 2, loraRank: 2, loraAlpha: 4, studentLr: 1e-3, loraLr: 1e-2, emaDecay: 0.9, seed: 11, ...overrides };
+}
+
+export async function makeState(teacherDir: string, config: DistillConfig): Promise<DistillState> {
+  await initBackend('wasm');
+  await tf.setBackend('wasm');
+  const nul = await readNullEmbedding(EMBEDDINGS);
+  return createDistillState({ teacherDir, nullEmbeds: nul.embeds, embedShape: nul.shape, config });
+}
+
+/** Deterministic fake embedding batches [B, 8, 32]. */
+export function fakeBatch(i: number, batchSize = 2) {
+  const embeds = new Float32Array(batchSize * 8 * 32);
+  for (let j = 0; j < embeds.length; j++) embeds[j] = Math.sin(0.37 * j + 1.3 * i);
+  return { embeds, shape: [batchSize, 8, 32] as [number, number, number], prompts: Array.from({ length: batchSize }, (_, k) => `p${i}-${k}`), position: { epoch: 0, batchIndex: i } };
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
