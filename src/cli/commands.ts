@@ -7,8 +7,9 @@ import { register as inspect } from './inspect.ts';
 import { register as importNpy } from './import_npy.ts';
 import { register as trainTeacher } from './train_teacher.ts';
 import { register as distill } from './distill.ts';
+import { register as defaultRun } from './default.ts';
 import { register as unetForward } from './unet_forward.ts';
 import { register as sample } from './sample.ts';
 import { register as evaluate } from './eval.ts';
 
-export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy, trainTeacher, distill, unetForward, sample, evaluate];
+export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy, trainTeacher, distill, defaultRun, unetForward, sample, evaluate];
