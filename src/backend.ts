@@ -72,6 +72,68 @@ export function requestedBackend(option?: string): BackendName {
   return name as BackendName;
 }
 
+/**
+ * Backends on which the stock Conv2D / BatchMatMul gradients run, rather than the project's
+ * rewrites. The rewrites (conv_grad.ts: gradients as forward convolutions; matmul_grad.ts: explicit
+ * transposes instead of transpose flags) exist because wasm lacks, or runs slowly, the kernels the
+ * stock gradients call; libtensorflow has fast native Conv2DBackpropFilter/Input and transposed
+ * BatchMatMul, so there the rewrites only add transposes and copies (measured on the fixture UNet,
+ * batch 8: README, "Native backend (optional)").
+ */
+export const STOCK_GRADIENT_BACKENDS: ReadonlySet<string> = new Set(['tensorflow']);
+
+/**
+ * Whether the stock gradient can run on the native backend for these attributes: tfjs-node's
+ * Conv2DBackpropFilter/Input accept only 'valid' / 'same' padding (explicit padding throws), so
+ * explicitly padded convs keep the project's rewrite, which pads and then convolves.
+ */
+const STOCK_SUPPORTS: Record<string, (attrs: Record<string, unknown>) => boolean> = {
+  Conv2D: (attrs) => attrs.pad === 'same' || attrs.pad === 'valid' || attrs.pad === 0,
+  BatchMatMul: () => true,
+};
+
+/**
+ * 'auto': per backend as above; 'project' / 'stock': force one everywhere (benchmarks, tests;
+ * 'stock' fails on wasm, which has no Conv2DBackpropFilter).
+ */
+export type GradientMode = 'auto' | 'project' | 'stock';
+let gradientMode: GradientMode = 'auto';
+export function setGradientMode(mode: GradientMode): void {
+  gradientMode = mode;
+}
+
+let gradientsRegistered = false;
+
+/**
+ * tfjs' gradient registry is global (one gradFunc per kernel, whatever the backend), and a process
+ * may switch backends (the tests compare wasm with cpu). So each overridden kernel gets a gradFunc
+ * that picks, when the backward pass runs, the stock gradient on STOCK_GRADIENT_BACKENDS (where it
+ * supports the attributes) and the project's rewrite elsewhere. Both save the same inputs, and both
+ * are exact (test/models/conv_grad.test.ts, test/backend/native.test.ts).
+ */
+function registerProjectGradients(): void {
+  if (gradientsRegistered) return;
+  gradientsRegistered = true;
+  const kernels: [string, () => void][] = [['Conv2D', registerConvGradients], ['BatchMatMul', registerMatMulGradient]];
+  for (const [kernelName, registerOverride] of kernels) {
+    const stock = tf.getGradient(kernelName);
+    registerOverride();
+    const project = tf.getGradient(kernelName)!;
+    const same = (a?: unknown[], b?: unknown[]) => (a ?? []).join() === (b ?? []).join();
+    if (!stock || !same(stock.inputsToSave, project.inputsToSave) || !same(stock.outputsToSave, project.outputsToSave) || stock.saveAllInputs !== project.saveAllInputs) continue;
+    const supports = STOCK_SUPPORTS[kernelName]!;
+    const useStock = (attrs: Record<string, unknown>) =>
+      gradientMode === 'stock' || (gradientMode === 'auto' && STOCK_GRADIENT_BACKENDS.has(tf.getBackend()) && supports(attrs));
+    const quiet = console.warn;
+    console.warn = () => {}; // "Overriding the gradient for ...": intended.
+    try {
+      tf.registerGradient({ ...project, gradFunc: (dy, saved, attrs) => (useStock(attrs as Record<string, unknown>) ? stock : project).gradFunc(dy, saved, attrs) });
+    } finally {
+      console.warn = quiet;
+    }
+  }
+}
+
 let current: BackendChoice | undefined;
 
 /**
@@ -90,8 +152,7 @@ export async function initBackend(option?: string): Promise<BackendChoice> {
       // PROD silences tfjs' console banners ("looks like you are running TensorFlow.js in Node.js");
       // our own log says which backend runs and why.
       tf.env().set('PROD', true);
-      registerConvGradients();
-      registerMatMulGradient();
+      registerProjectGradients();
       current = { backend: tf.getBackend(), provider: attempt.candidate, skipped };
       return current;
     }

@@ -11,8 +11,9 @@
  * - dx (stride 1, dilation 1) = conv(dy, W flipped in space with in/out swapped), padded by k-1-p.
  *
  * Strided or dilated input gradients fall back to the backend's own Conv2DBackpropInput (it exists
- * on every backend; only downsampling convs use it). The override is global because it is exact on
- * every backend; test/models/conv_grad.test.ts checks it against the cpu backend's stock kernels.
+ * on every backend; only downsampling convs use it). It is exact on every backend
+ * (test/models/conv_grad.test.ts checks it against the cpu backend's stock kernels); src/backend.ts
+ * uses it on wasm and cpu, and the faster stock gradient on the native tensorflow backend.
  */
 import { tf } from '../tf.ts';
 import type { Tensor4D } from '../tf.ts';
@@ -64,6 +65,19 @@ export function conv2dInputGrad(dy: Tensor4D, filter: Tensor4D, pads: Pad4): Ten
   });
 }
 
+/**
+ * dx for strided (or otherwise unfit) convs: the backend's transposed conv. With explicit padding it
+ * runs 'valid' on the padded shape and crops, because tfjs-node's Conv2DBackpropInput accepts only
+ * 'valid' / 'same' (the gradient of a pad is a slice, so this is exact).
+ */
+function stridedInputGrad(dy: Tensor4D, filter: Tensor4D, xShape: [number, number, number, number], strides: [number, number], pad: PadAttr, pads: Pad4): Tensor4D {
+  if (typeof pad === 'string' || pads.every((p) => p === 0)) return tf.conv2dTranspose(dy, filter, xShape, strides, typeof pad === 'string' ? pad : 'valid');
+  return tf.tidy(() => {
+    const padded: [number, number, number, number] = [xShape[0], xShape[1] + pads[0] + pads[1], xShape[2] + pads[2] + pads[3], xShape[3]];
+    return tf.slice(tf.conv2dTranspose(dy, filter, padded, strides, 'valid'), [0, pads[0], pads[2], 0], xShape);
+  });
+}
+
 let registered = false;
 
 export function registerConvGradients(): void {
@@ -90,7 +104,7 @@ export function registerConvGradients(): void {
           x: () =>
             unitStride && unitDilation && padFits
               ? conv2dInputGrad(dy as Tensor4D, filter, pads)
-              : tf.conv2dTranspose(dy as Tensor4D, filter, x.shape, a.strides as [number, number], a.pad as never),
+              : stridedInputGrad(dy as Tensor4D, filter, x.shape, strides, a.pad, pads),
           filter: () => {
             if (unitStride || unitDilation) return conv2dFilterGrad(x, dy as Tensor4D, filter.shape, strides, dilations, pads);
             throw new Error('Conv2D gradient: strides > 1 together with dilations > 1 are not supported');
