@@ -151,7 +151,7 @@ export async function trainTeacher(o: TeacherTrainOptions): Promise<{ step: numb
     const loss = value.dataSync()[0]!;
     if (Number.isFinite(loss) && Number.isFinite(clipped.norm)) {
       optimizer.apply(clipped.grads);
-      ema.update();
+      ema.update(ema.decayAt(optimizer.step)); // diffusers' EMAModel warm-up: a young EMA follows the weights
     } else {
       log.warn({ step, loss, gradNorm: clipped.norm }, 'non-finite loss or gradient: step skipped');
     }
