@@ -11,5 +11,6 @@ import { register as defaultRun } from './default.ts';
 import { register as unetForward } from './unet_forward.ts';
 import { register as sample } from './sample.ts';
 import { register as evaluate } from './eval.ts';
+import { register as bench } from './bench.ts';
 
-export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy, trainTeacher, distill, defaultRun, unetForward, sample, evaluate];
+export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy, trainTeacher, distill, defaultRun, unetForward, sample, evaluate, bench];

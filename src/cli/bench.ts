@@ -1,0 +1,66 @@
+/**
+ * `swiftbrush bench`: median seconds per SwiftBrush step of the real stream vs a fused hand loop,
+ * each operator's share, UNet forward / forward+backward, peak RSS and tensor drift
+ * (library: src/operators/bench.ts). `npm run bench` = `swiftbrush bench --json`.
+ */
+import type { Command } from 'commander';
+import { initBackend } from '../backend.ts';
+import { FIXTURE_SCHEDULER, FIXTURE_UNET, runBench } from '../operators/bench.ts';
+import { backendOption, int } from './options.ts';
+
+interface BenchFlags {
+  unet: string;
+  scheduler?: string;
+  batchSize: number;
+  steps: number;
+  warmup: number;
+  round: number;
+  unetReps: number;
+  embeddings: string;
+  backend?: string;
+  json?: boolean;
+}
+
+export function register(program: Command): void {
+  program
+    .command('bench')
+    .description('benchmark one distillation step: stream vs fused loop, per-operator shares, UNet fwd/fwd+bwd, RSS, tensor drift')
+    .option('--unet <dir>', 'teacher pipeline folder (unet/ + scheduler/) or a bare unet folder', FIXTURE_UNET)
+    .option('--scheduler <dir>', 'scheduler folder when --unet is a bare unet folder', FIXTURE_SCHEDULER)
+    .option('--batch-size <n>', 'prompts per step', int(1), 8)
+    .option('--steps <n>', 'timed steps per mode (stream, fused, per-operator)', int(1), 20)
+    .option('--warmup <n>', 'untimed steps per mode first', int(1), 3)
+    .option('--round <n>', 'steps per interleaved round', int(1), 5)
+    .option('--unet-reps <n>', 'timed UNet forward / forward+backward repetitions', int(1), 10)
+    .option('--embeddings <file>', 'Parquet file whose "" row is the null prompt', 'data/embeddings.parquet')
+    .addOption(backendOption())
+    .option('--json', 'print one JSON object')
+    .action(async (opts: BenchFlags) => {
+      const choice = await initBackend(opts.backend);
+      const result = await runBench({
+        unet: opts.unet,
+        scheduler: opts.scheduler,
+        batchSize: opts.batchSize,
+        steps: opts.steps,
+        warmup: opts.warmup,
+        round: opts.round,
+        unetReps: opts.unetReps,
+        embeddings: opts.embeddings,
+        onProgress: (done, total) => process.stderr.write(`bench: ${done}/${total} steps per mode\n`),
+      });
+      const out = { ...result, provider: choice.provider };
+      if (opts.json) {
+        process.stdout.write(JSON.stringify(out) + '\n');
+        return;
+      }
+      const r = out;
+      const lines = [
+        `backend ${r.backend} (${r.provider}), ${r.unet}, batch ${r.batch_size}, ${r.params} params, ${r.steps} steps per mode`,
+        `step (stream)  ${r.step_s.toFixed(3)} s   fused loop ${r.fused_step_s.toFixed(3)} s   stream overhead ${(100 * r.stream_overhead).toFixed(1)}%`,
+        `UNet forward ${r.forward_ms.toFixed(1)} ms   forward+backward ${r.forward_backward_ms.toFixed(1)} ms`,
+        ...Object.entries(r.operator_ms).map(([k, v]) => `  ${k.padEnd(14)} ${v.toFixed(1).padStart(8)} ms  ${(100 * r.operator_share[k]!).toFixed(1).padStart(5)}%`),
+        `peak RSS ${r.peak_rss_mib.toFixed(0)} MiB (after warm-up ${r.rss_after_warmup_mib.toFixed(0)}, end ${r.rss_end_mib.toFixed(0)})   numTensors drift ${r.tensor_drift}`,
+      ];
+      process.stdout.write(lines.join('\n') + '\n');
+    });
+}

@@ -1,0 +1,337 @@
+/**
+ * The distillation step benchmark behind `swiftbrush bench` (npm run bench).
+ *
+ * Measures, on one UNet (default: the diffusers fixture, 4x16x16) at one batch size:
+ * - the median seconds per step of the REAL stream (`distill`, fed by an in-memory pulled source);
+ * - the median seconds per step of a FUSED hand loop doing the same math with the same calls, no
+ *   RxJS (the difference is the stream's overhead);
+ * - each operator's share of the step (the six operators + EMA, each wrapped in a timer, in a third
+ *   composed stream of the same operators);
+ * - UNet forward (no tape) and forward+backward (grads of every student weight) in ms;
+ * - peak RSS, RSS after warm-up vs at the end, and tf.memory().numTensors drift after warm-up.
+ *
+ * Stream, fused and timed rounds are INTERLEAVED (rounds of a few steps each), so load from other
+ * processes on the machine hits all of them alike; every figure is a median.
+ */
+import { mkdtemp, readFile, symlink, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Observable, Subject, lastValueFrom, pipe, tap, type OperatorFunction } from 'rxjs';
+import { tf } from '../tf.ts';
+import type { Tensor3D, Tensor4D } from '../tf.ts';
+import type { EmbeddingBatch } from '../streams/reader.ts';
+import { readNullEmbedding } from '../streams/reader.ts';
+import { STREAMS } from '../util/rng.ts';
+import type { StepContext } from './context.ts';
+import { distill, toStepContext } from './pipeline.ts';
+import { createDistillState, disposeDistillState, OFFICIAL_DEFAULTS, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
+import { latentShape, studentForward, studentX0 } from './student_forward.ts';
+import { noiseAtT } from './noise_at_t.ts';
+import { guidedEpsilon, teacherCFG } from './teacher_cfg.ts';
+import { scoreGradient, stepOptimizer, studentGradients, vsdUpdate } from './vsd_update.ts';
+import { noiseAtTPrime } from './noise_at_t_prime.ts';
+import { loraGradients, loraUpdate } from './lora_update.ts';
+import { emaUpdate } from './ema_update.ts';
+
+export const FIXTURE_UNET = '../shared/fixtures/diffusers-tiny-unet';
+export const FIXTURE_SCHEDULER = '../shared/fixtures/diffusers-scheduler';
+
+export interface BenchOptions {
+  /** A pipeline folder (unet/ + scheduler/) or a bare unet folder (then `scheduler` or ../scheduler). */
+  unet: string;
+  /** Scheduler folder used when `unet` is a bare unet folder without a sibling scheduler/. */
+  scheduler?: string;
+  batchSize: number;
+  /** Timed steps per mode (stream, fused, timed stream); >= 20 recommended. */
+  steps: number;
+  warmup: number;
+  /** Steps per interleaved round. */
+  round: number;
+  /** UNet forward / forward+backward timed repetitions. */
+  unetReps: number;
+  /** Embeddings file whose "" row is the null prompt (zeros when absent or of another width). */
+  embeddings?: string;
+  config?: Partial<DistillConfig>;
+  /** Called after each round (progress on stderr). */
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface BenchResult {
+  backend: string;
+  unet: string;
+  batch_size: number;
+  steps: number;
+  params: number;
+  /** Median seconds per step: the real `distill` stream. */
+  step_s: number;
+  /** Median seconds per step: the fused hand loop (same calls, no RxJS). */
+  fused_step_s: number;
+  /** step_s / fused_step_s − 1 (positive: the stream is slower). */
+  stream_overhead: number;
+  /** Median ms per operator (timed stream) and each one's share of their sum. */
+  operator_ms: Record<string, number>;
+  operator_share: Record<string, number>;
+  /** UNet at `batch_size`: forward without tape, forward+backward w.r.t. every weight (median ms). */
+  forward_ms: number;
+  forward_backward_ms: number;
+  /** Peak resident set size of the process (MiB), and RSS after warm-up / at the end. */
+  peak_rss_mib: number;
+  rss_after_warmup_mib: number;
+  rss_end_mib: number;
+  /** numTensors at the end minus after warm-up (0 = no leak). */
+  tensor_drift: number;
+  num_tensors: number;
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const mib = (bytes: number) => bytes / 1024 / 1024;
+
+/** Deterministic embeddings [B, L, D] for micro-batch i. */
+function syntheticBatch(i: number, batchSize: number, L: number, D: number): EmbeddingBatch {
+  const embeds = new Float32Array(batchSize * L * D);
+  for (let j = 0; j < embeds.length; j++) embeds[j] = Math.sin(0.37 * j + 1.3 * i);
+  return { embeds, shape: [batchSize, L, D], prompts: Array.from({ length: batchSize }, (_, k) => `p${i}-${k}`), position: { epoch: 0, batchIndex: i } } as EmbeddingBatch;
+}
+
+/**
+ * A pulled in-memory source that keeps the reader's contract (at most `prefetch` batches beyond
+ * the demand signals) and, like the Parquet reader, emits from promise continuations.
+ */
+function pulledSource(first: number, n: number, prefetch: number, demand: Observable<unknown>, make: (i: number) => EmbeddingBatch): Observable<EmbeddingBatch> {
+  return new Observable<EmbeddingBatch>((subscriber) => {
+    let emitted = 0;
+    let acked = 0;
+    const pumpNow = () => {
+      while (emitted < n && emitted < acked + prefetch) subscriber.next(make(first + emitted++));
+      if (emitted === n && acked === n) subscriber.complete();
+    };
+    const sub = demand.subscribe(() => {
+      acked++;
+      void Promise.resolve().then(pumpNow);
+    });
+    void Promise.resolve().then(pumpNow);
+    return () => sub.unsubscribe();
+  });
+}
+
+/** Wraps a synchronous operator with a timer (the operators do their work inside `next`). */
+function timedOperator(name: string, op: OperatorFunction<StepContext, StepContext>, times: Map<string, number[]>): OperatorFunction<StepContext, StepContext> {
+  let t0 = 0;
+  const list = times.get(name) ?? [];
+  times.set(name, list);
+  return (source) => op(source.pipe(tap(() => (t0 = performance.now())))).pipe(tap(() => list.push(performance.now() - t0)));
+}
+
+/** One SwiftBrush micro-batch (k = 1) as a plain loop: the operators' calls, in order, no RxJS. */
+export function fusedStep(state: DistillState, microStep: number, batch: EmbeddingBatch): void {
+  const c = state.config;
+  const y = tf.tensor3d(batch.embeds, batch.shape);
+  const z = state.rng.normal(microStep, STREAMS.latent, [y.shape[0], ...latentShape(state)]) as Tensor4D;
+  const x0 = studentX0(state, z, y);
+  const timesteps = state.rng.ints(microStep, STREAMS.timestep, y.shape[0], c.tMin, c.tMax);
+  const noise = state.rng.normal(microStep, STREAMS.noise, x0.shape) as Tensor4D;
+  const xt = state.schedule.addNoise(x0, noise, timesteps) as Tensor4D;
+  const epsTeacher = guidedEpsilon(state, false, xt, timesteps, y, c.guidanceScale);
+  const epsLora = guidedEpsilon(state, true, xt, timesteps, y, c.guidanceScale);
+  tf.dispose([xt, noise]);
+  const g = scoreGradient(state, epsTeacher, epsLora, timesteps);
+  tf.tidy(() => tf.mul(tf.mean(tf.square(g)), 0.5).dataSync()[0]);
+  const grads = studentGradients(state, z, y, g);
+  tf.dispose([epsTeacher, epsLora, z, g]);
+  stepOptimizer(grads, c.maxGradNorm, (gr) => state.studentOptimizer.apply(gr));
+  const tp = state.rng.ints(microStep, STREAMS.loraTimestep, y.shape[0], 0, state.schedule.numTrainTimesteps - 1);
+  const noiseP = state.rng.normal(microStep, STREAMS.loraNoise, x0.shape) as Tensor4D;
+  const useNull = state.rng.uniform(microStep, STREAMS.dropout)() < c.loraNullPromptProb;
+  const xtp = state.schedule.addNoise(x0, noiseP, tp) as Tensor4D;
+  const target = state.schedule.predictionType === 'v_prediction' ? (state.schedule.velocity(x0, noiseP, tp) as Tensor4D) : noiseP;
+  if (target !== noiseP) noiseP.dispose();
+  x0.dispose();
+  const condition = useNull ? (tf.tile(state.nullEmbeds, [y.shape[0], 1, 1]) as Tensor3D) : y;
+  const lora = loraGradients(state, xtp, tp, condition, target);
+  tf.dispose([xtp, target, y, ...(condition !== y ? [condition] : [])]);
+  stepOptimizer(lora.grads, c.maxGradNorm, (gr) => state.loraOptimizer.apply(gr));
+  state.ema?.update(state.ema.decayAt(state.loraOptimizer.step));
+}
+
+async function withPipelineDir<T>(unet: string, scheduler: string | undefined, fn: (dir: string) => Promise<T>): Promise<T> {
+  try {
+    const dirs = await resolveTeacherDirs(unet);
+    const hasScheduler = await readFile(join(dirs.scheduler, 'scheduler_config.json')).then(() => true, () => false);
+    if (hasScheduler) return await fn(unet);
+  } catch {
+    /* fall through: build a pipeline folder */
+  }
+  const tmp = await mkdtemp(join(tmpdir(), 'sb-bench-'));
+  try {
+    await symlink(await realDir(unet), join(tmp, 'unet'));
+    await symlink(await realDir(scheduler ?? FIXTURE_SCHEDULER), join(tmp, 'scheduler'));
+    return await fn(tmp);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}
+
+async function realDir(p: string): Promise<string> {
+  const { realpath } = await import('node:fs/promises');
+  return realpath(p);
+}
+
+/** UNet forward (no tape) and forward+backward (every weight) at the benchmark's batch, median ms. */
+export function timeUnet(state: DistillState, batchSize: number, L: number, reps: number): { forward_ms: number; forward_backward_ms: number } {
+  const unet = state.student;
+  const D = state.nullEmbeds.shape[2];
+  const x = tf.randomNormal([batchSize, ...latentShape(state)], 0, 1, 'float32', 1) as Tensor4D;
+  const ctx = tf.randomNormal([batchSize, L, D], 0, 1, 'float32', 2) as Tensor3D;
+  const target = tf.randomNormal(x.shape, 0, 1, 'float32', 3);
+  const ts = Array.from({ length: batchSize }, (_, i) => 999 - ((i * 997) % 1000));
+  const vars = unet.parameters();
+  const fwd = () => tf.tidy(() => unet.forward(x, ts, ctx).dataSync());
+  const fwdBwd = () => {
+    const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(unet.forward(x, ts, ctx), target)) as tf.Scalar, vars);
+    value.dataSync();
+    tf.dispose([value, ...Object.values(grads)]);
+  };
+  fwd();
+  fwdBwd();
+  const f: number[] = [];
+  const fb: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    let t0 = performance.now();
+    fwd();
+    f.push(performance.now() - t0);
+    t0 = performance.now();
+    fwdBwd();
+    fb.push(performance.now() - t0);
+  }
+  tf.dispose([x, ctx, target]);
+  return { forward_ms: median(f), forward_backward_ms: median(fb) };
+}
+
+export async function runBench(o: BenchOptions): Promise<BenchResult> {
+  return withPipelineDir(o.unet, o.scheduler, async (dir) => {
+    const dirs = await resolveTeacherDirs(dir);
+    const raw = JSON.parse(await readFile(join(dirs.unet, 'config.json'), 'utf8')) as { cross_attention_dim: number | number[] };
+    const D = Array.isArray(raw.cross_attention_dim) ? raw.cross_attention_dim[0]! : raw.cross_attention_dim;
+    let nullEmbeds: Float32Array;
+    let L = 8;
+    const fromFile = o.embeddings ? await readNullEmbedding(o.embeddings).catch(() => null) : null;
+    if (fromFile && fromFile.shape[1] === D) {
+      nullEmbeds = fromFile.embeds;
+      L = fromFile.shape[0];
+    } else {
+      nullEmbeds = new Float32Array(L * D);
+    }
+    const config: DistillConfig = { ...OFFICIAL_DEFAULTS, batchSize: o.batchSize, gradAccum: 1, ...o.config };
+    const state = await createDistillState({ teacherDir: dir, nullEmbeds, embedShape: [L, D], config });
+    try {
+      const make = (i: number) => syntheticBatch(i, o.batchSize, L, D);
+      let micro = 0;
+      const streamTimes: number[] = [];
+      const fusedTimes: number[] = [];
+      const opTimes = new Map<string, number[]>();
+
+      const streamRound = async (n: number, record: boolean) => {
+        let last = performance.now();
+        const demand = new Subject<void>();
+        const first = micro;
+        await lastValueFrom(
+          distill(state, {
+            firstMicroStep: first,
+            batches: (d) => pulledSource(first, n, 2, d, make),
+            operators: [
+              tap(() => {
+                const now = performance.now();
+                if (record) streamTimes.push((now - last) / 1000);
+                last = now;
+              }),
+            ],
+          }),
+        );
+        demand.complete();
+        micro += n;
+      };
+      const fusedRound = (n: number, record: boolean) => {
+        for (let i = 0; i < n; i++) {
+          const t0 = performance.now();
+          fusedStep(state, micro, make(micro));
+          micro++;
+          if (record) fusedTimes.push((performance.now() - t0) / 1000);
+        }
+      };
+      const timedRound = async (n: number) => {
+        const first = micro;
+        const ops: [string, OperatorFunction<StepContext, StepContext>][] = [
+          ['studentForward', studentForward(state)],
+          ['noiseAtT', noiseAtT(state)],
+          ['teacherCFG', teacherCFG(state)],
+          ['vsdUpdate', vsdUpdate(state)],
+          ['noiseAtTPrime', noiseAtTPrime(state)],
+          ['loraUpdate', loraUpdate(state)],
+          ['emaUpdate', emaUpdate(state)],
+        ];
+        const demand = new Subject<void>();
+        const chain = ops.reduce<OperatorFunction<StepContext, StepContext>>((acc, [name, op]) => pipe(acc, timedOperator(name, op, opTimes)), (s) => s);
+        await lastValueFrom(
+          pulledSource(first, n, 2, demand, make).pipe(
+            toStepContext(1, first),
+            chain,
+            tap(() => demand.next()),
+          ),
+        );
+        micro += n;
+      };
+
+      // Warm-up: kernels, weights on the backend, allocator pools.
+      await streamRound(o.warmup, false);
+      fusedRound(o.warmup, false);
+      await timedRound(1);
+      opTimes.clear();
+      const tensorsAfterWarmup = tf.memory().numTensors;
+      const rssAfterWarmup = process.memoryUsage().rss;
+
+      let done = 0;
+      while (done < o.steps) {
+        // The stream's first step of a round includes the subscription: one extra untimed step.
+        const n = Math.min(o.round, o.steps - done);
+        await streamRound(n + 1, true);
+        streamTimes.splice(streamTimes.length - n - 1, 1);
+        fusedRound(n, true);
+        await timedRound(n);
+        done += n;
+        o.onProgress?.(done, o.steps);
+      }
+      const tensorDrift = tf.memory().numTensors - tensorsAfterWarmup;
+      const rssEnd = process.memoryUsage().rss;
+      const unet = timeUnet(state, o.batchSize, L, o.unetReps);
+
+      const operatorMs = Object.fromEntries([...opTimes].map(([k, v]) => [k, median(v)]));
+      const total = Object.values(operatorMs).reduce((a, b) => a + b, 0);
+      const stepS = median(streamTimes);
+      const fusedS = median(fusedTimes);
+      return {
+        backend: tf.getBackend(),
+        unet: o.unet,
+        batch_size: o.batchSize,
+        steps: o.steps,
+        params: state.student.parameters().reduce((a, v) => a + v.size, 0),
+        step_s: stepS,
+        fused_step_s: fusedS,
+        stream_overhead: stepS / fusedS - 1,
+        operator_ms: operatorMs,
+        operator_share: Object.fromEntries(Object.entries(operatorMs).map(([k, v]) => [k, v / total])),
+        ...unet,
+        peak_rss_mib: mib(process.resourceUsage().maxRSS * 1024),
+        rss_after_warmup_mib: mib(rssAfterWarmup),
+        rss_end_mib: mib(rssEnd),
+        tensor_drift: tensorDrift,
+        num_tensors: tf.memory().numTensors,
+      };
+    } finally {
+      disposeDistillState(state);
+    }
+  });
+}
