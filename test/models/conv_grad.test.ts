@@ -63,19 +63,19 @@ function trainSmallModel(steps: number) {
   for (let step = 0; step < steps; step++) {
     const { value, grads } = tf.variableGrads(() =>
       tf.tidy(() => {
-        const h = tf.relu(tf.conv2d(x, conv1, 1, 'same')); // [2,6,6,8]
+        const h = tf.relu(tf.conv2d(x, conv1 as Tensor4D, 1, 'same')); // [2,6,6,8]
         const tokens = tf.reshape(h, [2 * 36, 8]);
         const q = tf.reshape(tf.matMul(tokens, wq), [2, 36, 8]);
         const k = tf.reshape(tf.matMul(tokens, wk), [2, 36, 8]);
         const v = tf.reshape(tf.matMul(tokens, wv), [2, 36, 8]);
         const attn = tf.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(8)));
         const a = tf.reshape(tf.matMul(attn, v), [2, 6, 6, 8]);
-        const out = tf.conv2d(tf.add(h, a) as Tensor4D, conv2, 1, 'valid');
+        const out = tf.conv2d(tf.add(h, a) as Tensor4D, conv2 as Tensor4D, 1, 'valid');
         return tf.mean(tf.square(tf.sub(out, target))) as tf.Scalar;
       }),
     );
     if (step === 0) for (const p of params) firstGrads.push(grads[p.name]!.dataSync() as Float32Array);
-    optimizer.applyGradients(grads);
+    optimizer.applyGradients(grads as tf.NamedTensorMap as never);
     tf.dispose([value, ...Object.values(grads)]);
     counts.push(tf.memory().numTensors);
   }

@@ -15,7 +15,7 @@ import { clipGradNorm } from '../../src/models/optim.ts';
 import { fakeBatch, makeState, makeTinyTeacher, maxAbsDiff, testConfig } from './helpers.ts';
 
 /** torch's .detach(): identity forward, zero gradient. */
-const stopGradient = tf.customGrad((x: Tensor) => ({ value: tf.clone(x), gradFunc: (dy: Tensor) => tf.zerosLike(dy) })) as <T extends Tensor>(x: T) => T;
+const stopGradient = tf.customGrad(((x: Tensor) => ({ value: tf.clone(x), gradFunc: (dy: Tensor) => tf.zerosLike(dy) })) as never) as <T extends Tensor>(x: T) => T;
 
 /** The reference loop: PyTorch's formulation, micro-batch by micro-batch. */
 function handWrittenRun(s: DistillState, batches: ReturnType<typeof fakeBatch>[]) {
