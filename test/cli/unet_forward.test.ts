@@ -11,7 +11,8 @@ import { unetForwardFile } from '../../src/cli/unet_forward.ts';
 import { parseSafetensors, readSafetensors, writeSafetensors, type StoredTensor, type TypedArray } from '../../src/models/safetensors.ts';
 import { maxAbsDiff } from '../models/scheduler-fixture.ts';
 
-const FIXTURE = '/work/shared/fixtures/diffusers-tiny-unet';
+import { UNET_FIXTURE_DIR } from '../fixtures.ts';
+const FIXTURE = UNET_FIXTURE_DIR;
 const run = promisify(execFile);
 
 let tmp: string;

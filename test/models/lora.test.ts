@@ -11,7 +11,8 @@ import { LoraAdapter, DEFAULT_LORA_TARGETS } from '../../src/models/lora.ts';
 import { readSafetensors, writeSafetensors } from '../../src/models/safetensors.ts';
 import { Adam } from '../../src/models/optim.ts';
 
-const FIXTURE = '/work/shared/fixtures/diffusers-tiny-unet';
+import { UNET_FIXTURE_DIR } from '../fixtures.ts';
+const FIXTURE = UNET_FIXTURE_DIR;
 
 let tmp: string;
 let unet: UNet2DConditionModel;

@@ -1,7 +1,8 @@
 /** Test helper: a tiny safetensors parse for the scheduler fixture (NCHW float32 → NHWC). */
 import { readFileSync } from 'node:fs';
 
-export const SCHEDULER_FIXTURE = '/work/shared/fixtures/diffusers-scheduler';
+import { SCHEDULER_FIXTURE_DIR } from '../fixtures.ts';
+export const SCHEDULER_FIXTURE = SCHEDULER_FIXTURE_DIR;
 
 export interface FixtureTensor {
   dtype: string;

@@ -14,7 +14,8 @@ import { UNet2DConditionModel } from '../../src/models/unet_2d_condition.ts';
 import { parseSafetensors, readSafetensors, type StoredTensor } from '../../src/models/safetensors.ts';
 import { nchwToNhwc, maxAbsDiff } from './scheduler-fixture.ts';
 
-export const UNET_FIXTURE = '/work/shared/fixtures/diffusers-tiny-unet';
+import { UNET_FIXTURE_DIR } from '../fixtures.ts';
+export const UNET_FIXTURE = UNET_FIXTURE_DIR;
 
 let tmp: string;
 beforeAll(async () => {
