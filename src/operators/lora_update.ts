@@ -59,8 +59,7 @@ export function loraUpdate(state: DistillState): OperatorFunction<StepContext, S
       if (condition !== y) toDispose.push(condition);
       const { loss, grads } = loraGradients(state, xt, ctx.loraTimesteps, condition, target);
       ctx.metrics.lossLora = loss;
-      state.loraGrads.add(grads, 1 / state.config.gradAccum);
-      tf.dispose([...grads.values()]);
+      state.loraGrads.addOwned(grads, 1 / state.config.gradAccum);
       if (ctx.closesWindow) {
         const { norm, skipped } = stepOptimizer(state.loraGrads.take(), state.config.maxGradNorm, (g) => state.loraOptimizer.apply(g));
         ctx.metrics.gradNormLora = norm;

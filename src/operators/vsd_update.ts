@@ -73,8 +73,7 @@ export function vsdUpdate(state: DistillState): OperatorFunction<StepContext, St
       toDispose.push(g);
       ctx.metrics.lossVsd = tf.tidy(() => tf.mul(tf.mean(tf.square(g)), 0.5).dataSync()[0]!);
       const grads = studentGradients(state, z, y, g);
-      state.studentGrads.add(grads, 1 / state.config.gradAccum);
-      tf.dispose([...grads.values()]);
+      state.studentGrads.addOwned(grads, 1 / state.config.gradAccum);
       if (ctx.closesWindow) {
         const { norm, skipped } = stepOptimizer(state.studentGrads.take(), state.config.maxGradNorm, (gr) => state.studentOptimizer.apply(gr));
         ctx.metrics.gradNormStudent = norm;
