@@ -5,7 +5,7 @@ import { initBackend } from '../../src/backend.ts';
 import { Adam, GradAccumulator } from '../../src/models/optim.ts';
 
 /** torch.optim.Adam, one tensor at a time (the per-parameter formulation the flat Adam replaces). */
-function referenceAdam(params: Map<string, Variable>, gradsPerStep: Map<string, Tensor>[], lr: number, wd: number) {
+function referenceAdam(params: Map<string, Tensor>, gradsPerStep: Map<string, Tensor>[], lr: number, wd: number) {
   const state = new Map([...params].map(([k, p]) => [k, { p: p.dataSync().slice() as Float32Array, m: tf.zerosLike(p), v: tf.zerosLike(p), t: tf.clone(p) }]));
   gradsPerStep.forEach((grads, i) => {
     const step = i + 1;
