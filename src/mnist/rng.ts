@@ -3,17 +3,9 @@
  * runs, machines and tfjs backends: the dataset split order and the text encoder's weights.
  */
 
-/** mulberry32: a 32-bit state PRNG. Returns uniforms in [0, 1) with 2^-32 resolution. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from '../util/rng.ts';
+
+export { mulberry32 };
 
 /** Standard normals by Box-Muller over a mulberry32 stream (deterministic: V8's Math.log/cos/sqrt are fdlibm ports). */
 export function normalSampler(seed: number): () => number {

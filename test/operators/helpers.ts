@@ -8,6 +8,7 @@ import { UNet2DConditionModel } from '../../src/models/unet_2d_condition.ts';
 import { readNullEmbedding } from '../../src/streams/reader.ts';
 import { createDistillState, OFFICIAL_DEFAULTS, type DistillConfig, type DistillState } from '../../src/operators/state.ts';
 import { tf } from '../../src/tf.ts';
+import { TEACHER_SCHEDULER_CONFIG } from '../../src/mnist/teacher.ts';
 
 export const EMBEDDINGS = fileURLToPath(new URL('../../data/embeddings.parquet', import.meta.url));
 
@@ -24,16 +25,7 @@ export const TINY_UNET = {
   norm_num_groups: 4,
 };
 
-export const TINY_SCHEDULER = {
-  _class_name: 'DDIMScheduler',
-  num_train_timesteps: 1000,
-  beta_start: 0.00085,
-  beta_end: 0.012,
-  beta_schedule: 'scaled_linear',
-  prediction_type: 'epsilon',
-  set_alpha_to_one: false,
-  steps_offset: 1,
-};
+export const TINY_SCHEDULER = TEACHER_SCHEDULER_CONFIG;
 
 /** A random tiny teacher saved as a diffusers pipeline folder (unet/ + scheduler/). */
 export async function makeTinyTeacher(seed = 3): Promise<string> {
