@@ -62,12 +62,61 @@ export interface DistillStreamOptions {
 }
 
 /**
+ * Lets one item at a time into what follows: the next is released only when `release` signals
+ * that the previous one has left the chain; items that arrive meanwhile wait in a queue (whose
+ * length the source's credit protocol bounds). `onTake` fires as each item is let in.
+ */
+export function oneAtATime<T>(release: Observable<unknown>, onTake: () => void): OperatorFunction<T, T> {
+  return (source) =>
+    new Observable<T>((subscriber) => {
+      const queue: T[] = [];
+      let busy = false;
+      let sourceDone = false;
+      const pump = () => {
+        if (!busy && queue.length) {
+          busy = true;
+          const item = queue.shift()!;
+          onTake();
+          subscriber.next(item);
+        } else if (!busy && sourceDone && !queue.length) {
+          subscriber.complete();
+        }
+      };
+      const releases = release.subscribe(() => {
+        busy = false;
+        pump();
+      });
+      const upstream = source.subscribe({
+        next: (item) => {
+          queue.push(item);
+          pump();
+        },
+        error: (err) => subscriber.error(err),
+        complete: () => {
+          sourceDone = true;
+          pump();
+        },
+      });
+      return () => {
+        releases.unsubscribe();
+        upstream.unsubscribe();
+      };
+    });
+}
+
+/**
  * The whole distillation as an Observable of finished steps (contexts that hold no tensors).
+ *
+ * Micro-batches go through the chain strictly one at a time: the next enters only when the
+ * previous one has left the last operator (so an asynchronous operator — a checkpoint being
+ * written — never sees weights from a later step, and a run that stops at step N exports step N).
+ * The source is credited as each batch enters, so it decodes at most `prefetch` batches ahead.
  * Unsubscribing or an error disposes the in-flight context's tensors and closes the source.
  */
 export function distill(state: DistillState, options: DistillStreamOptions): Observable<StepContext> {
   return defer(() => {
     const demand = new Subject<void>();
+    const left = new Subject<void>();
     const extra = options.operators ?? [];
     let inFlight: StepContext | null = null;
     const tracked = (ctx: StepContext) => {
@@ -75,17 +124,19 @@ export function distill(state: DistillState, options: DistillStreamOptions): Obs
       return ctx;
     };
     return options.batches(demand).pipe(
+      oneAtATime(left, () => demand.next()),
       toStepContext(state.config.gradAccum, options.firstMicroStep ?? 0),
       map(tracked),
       swiftbrushStep(state),
       (source) => extra.reduce((acc, op) => op(acc), source),
       tap(() => {
         inFlight = null;
-        demand.next();
+        left.next();
       }),
       finalize(() => {
         if (inFlight) disposeContext(inFlight);
         demand.complete();
+        left.complete();
       }),
     );
   });

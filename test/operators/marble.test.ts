@@ -137,10 +137,12 @@ describe('backpressure', () => {
     state = await makeState(teacher, testConfig());
     const outstanding: number[] = [];
     const demands: number[] = [];
+    const stepsAtExit: number[] = [];
     try {
       scheduler = newScheduler();
       scheduler.run(({ expectObservable }) => {
-        const slowConsumer = concatMap((ctx: StepContext) => timer(5).pipe(map(() => ctx)));
+        // When a context leaves, no later micro-batch has touched the weights yet (k = 1: step m+1 done, not m+2).
+        const slowConsumer = concatMap((ctx: StepContext) => timer(5).pipe(map(() => (stepsAtExit.push(state.studentOptimizer.step - ctx.microStep), ctx))));
         const steps = distill(state, {
           batches: (demand) => {
             demand.subscribe(() => demands.push(scheduler.now()));
@@ -148,12 +150,14 @@ describe('backpressure', () => {
           },
           operators: [slowConsumer],
         }).pipe(map((ctx) => ctx.microStep));
-        // Two batches start at once (prefetch 2); each later one only when one leaves the chain.
+        // One micro-batch in the chain at a time: each leaves the slow consumer 5 frames after it entered.
         expectObservable(steps).toBe('-----a----b----c----d----(e|)', { a: 0, b: 1, c: 2, d: 3, e: 4 });
       });
+      // The source is credited as each batch enters the chain; it never runs more than 2 ahead.
       expect(Math.max(...outstanding)).toBeLessThanOrEqual(2);
       expect(outstanding.length).toBe(5);
-      expect(demands).toEqual([5, 10, 15, 20, 25]);
+      expect(demands).toEqual([0, 5, 10, 15, 20]);
+      expect(stepsAtExit).toEqual([1, 1, 1, 1, 1]);
     } finally {
       disposeDistillState(state);
     }
