@@ -1,0 +1,17 @@
+import { describe, expect, it } from 'vitest';
+import { initBackend } from '../../src/backend.ts';
+import { runBench } from '../../src/operators/bench.ts';
+import { EMBEDDINGS, makeTinyTeacher } from './helpers.ts';
+
+describe('swiftbrush bench (library)', () => {
+  it('reports stream and fused step times, operator shares, UNet times, RSS and a zero tensor drift', async () => {
+    await initBackend('wasm');
+    const teacher = await makeTinyTeacher();
+    const r = await runBench({ unet: teacher, batchSize: 2, steps: 2, warmup: 1, round: 1, unetReps: 1, embeddings: EMBEDDINGS, config: { loraRank: 2, loraAlpha: 4 } });
+    expect(r.backend).toBe('wasm');
+    for (const key of ['step_s', 'fused_step_s', 'forward_ms', 'forward_backward_ms', 'peak_rss_mib'] as const) expect(r[key]).toBeGreaterThan(0);
+    expect(Object.keys(r.operator_ms)).toEqual(['studentForward', 'noiseAtT', 'teacherCFG', 'vsdUpdate', 'noiseAtTPrime', 'loraUpdate', 'emaUpdate']);
+    expect(Object.values(r.operator_share).reduce((a, b) => a + b, 0)).toBeCloseTo(1, 6);
+    expect(r.tensor_drift).toBe(0);
+  }, 240_000);
+});
