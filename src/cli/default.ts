@@ -49,9 +49,10 @@ export function register(program: Command): void {
     .option('--out <dir>', 'run folder', 'runs/default')
     .option('--steps <n>', 'optimiser steps', int(1), DEFAULT_RUN.steps)
     .option('--n <n>', 'evaluation samples', int(1), 1000)
+    .option('--max-minutes <m>', 'wall-clock budget of the distillation; past it the run checkpoints and stops early (so npm start stays within 15 minutes on slow machines)', Number, 12)
     .option('--resume', 'continue runs/default instead of starting afresh')
     .addOption(backendOption())
-    .action(async (o: { out: string; steps: number; n: number; resume?: boolean; backend?: string }) => {
+    .action(async (o: { out: string; steps: number; n: number; maxMinutes: number; resume?: boolean; backend?: string }) => {
       if (!existsSync(join(DEFAULT_TEACHER, 'unet', 'config.json'))) {
         throw new Error(`the shipped teacher is missing: ${DEFAULT_TEACHER}/unet/config.json (train one with \`swiftbrush train-teacher\`)`);
       }
@@ -62,6 +63,7 @@ export function register(program: Command): void {
       process.once('SIGINT', () => (stop = true));
       process.once('SIGTERM', () => (stop = true));
       const t0 = performance.now();
+      const overBudget = () => (performance.now() - t0) / 60_000 > o.maxMinutes;
       const result = await runDistillation({
         teacher: DEFAULT_TEACHER,
         embeddings: DEFAULT_EMBEDDINGS,
@@ -72,14 +74,15 @@ export function register(program: Command): void {
         checkpointsTotalLimit: 2,
         validationEvery: 50,
         resume: Boolean(o.resume),
-        stopRequested: () => stop,
+        stopRequested: () => stop || overBudget(),
       });
+      if (result.stoppedEarly) log.warn({ step: result.step, of: o.steps, maxMinutes: o.maxMinutes }, 'distillation stopped before its last step (time budget or signal); `npx swiftbrush default --resume` continues it');
       const distillSeconds = (performance.now() - t0) / 1000;
       const evaluation = await evaluateModels({ teacher: DEFAULT_TEACHER, student: result.studentDir, n: o.n, embeddings: DEFAULT_EMBEDDINGS, gridPath: join(o.out, 'grid.png'), only: undefined });
       await writeJsonAtomic(join(o.out, 'eval.json'), evaluation.report);
       const totalSeconds = (performance.now() - t0) / 1000;
       process.stdout.write(`\n${markdownTable(evaluation.report)}\n\n`);
-      process.stdout.write(`distillation: ${result.step} steps in ${(distillSeconds / 60).toFixed(1)} min; with evaluation ${(totalSeconds / 60).toFixed(1)} min (${backend.backend})\n`);
+      process.stdout.write(`distillation: ${result.step}/${o.steps} steps in ${(distillSeconds / 60).toFixed(1)} min; with evaluation ${(totalSeconds / 60).toFixed(1)} min (${backend.backend})\n`);
       process.stdout.write(`grid: ${evaluation.grid ?? join(o.out, 'grid.png')}\nstudent: ${result.studentDir}\nmetrics: ${join(o.out, 'metrics.jsonl')}\n`);
     });
 }
