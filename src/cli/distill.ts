@@ -24,6 +24,7 @@ interface DistillFlags {
   seed?: number;
   guidanceScale?: number;
   studentLr?: number;
+  lrWarmupSteps?: number;
   loraLr?: number;
   loraRank?: number;
   loraAlpha?: number;
@@ -76,6 +77,7 @@ export function register(program: Command): void {
     .option('--seed <n>', 'seed of every random draw', int(0))
     .option('--guidance-scale <w>', `CFG scale of both teachers (official ${d.guidanceScale})`, float)
     .option('--student-lr <x>', `student Adam lr (official ${d.studentLr})`, float)
+    .option('--lr-warmup-steps <n>', 'student lr warm-up steps (diffusers constant_with_warmup; official script default 0 here)', int(0))
     .option('--lora-lr <x>', `LoRA teacher Adam lr (official ${d.loraLr})`, float)
     .option('--lora-rank <r>', `LoRA rank (official ${d.loraRank})`, int(1))
     .option('--lora-alpha <a>', `LoRA alpha; scale alpha/rank (official ${d.loraAlpha})`, float)

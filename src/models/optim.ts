@@ -24,7 +24,8 @@ export interface AdamOptions {
  * calls per step instead of ~12 per parameter (hundreds of small tensors in a UNet).
  */
 export class Adam {
-  readonly lr: number;
+  /** Mutable so a learning-rate schedule (e.g. warm-up) can set it before each step. */
+  lr: number;
   readonly beta1: number;
   readonly beta2: number;
   readonly eps: number;

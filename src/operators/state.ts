@@ -23,6 +23,8 @@ export interface DistillConfig {
   gradAccum: number;
   guidanceScale: number;
   studentLr: number;
+  /** diffusers' constant_with_warmup for the student: lr × step/warmup over the first steps (0 = constant). */
+  lrWarmupSteps: number;
   loraLr: number;
   loraRank: number;
   loraAlpha: number;
@@ -49,6 +51,7 @@ export const OFFICIAL_DEFAULTS: DistillConfig = {
   gradAccum: 1,
   guidanceScale: 4.5,
   studentLr: 1e-6,
+  lrWarmupSteps: 0,
   loraLr: 1e-3,
   loraRank: 64,
   loraAlpha: 108,

@@ -56,10 +56,21 @@ export function stepOptimizer(grads: NamedGrads, maxGradNorm: number, apply: (g:
   }
 }
 
+/** diffusers' constant_with_warmup: the factor for the optimiser step about to be taken (0-based). */
+export function warmupFactor(stepsTaken: number, warmupSteps: number): number {
+  return warmupSteps > 0 && stepsTaken < warmupSteps ? stepsTaken / warmupSteps : 1;
+}
+
+/** Sets the student's lr for its next step, then steps. */
+function applyStudent(state: DistillState, grads: NamedGrads): void {
+  state.studentOptimizer.lr = state.config.studentLr * warmupFactor(state.studentOptimizer.step, state.config.lrWarmupSteps);
+  state.studentOptimizer.apply(grads);
+}
+
 export function vsdUpdate(state: DistillState): OperatorFunction<StepContext, StepContext> {
   const flush = () => {
     if (state.studentGrads.empty) return;
-    stepOptimizer(state.studentGrads.take(), state.config.maxGradNorm, (g) => state.studentOptimizer.apply(g));
+    stepOptimizer(state.studentGrads.take(), state.config.maxGradNorm, (g) => applyStudent(state, g));
   };
   return stepOperator((ctx) => {
     const epsTeacher = take(ctx, 'epsTeacher', 'vsdUpdate');
@@ -75,7 +86,7 @@ export function vsdUpdate(state: DistillState): OperatorFunction<StepContext, St
       const grads = studentGradients(state, z, y, g);
       state.studentGrads.addOwned(grads, 1 / state.config.gradAccum);
       if (ctx.closesWindow) {
-        const { norm, skipped } = stepOptimizer(state.studentGrads.take(), state.config.maxGradNorm, (gr) => state.studentOptimizer.apply(gr));
+        const { norm, skipped } = stepOptimizer(state.studentGrads.take(), state.config.maxGradNorm, (gr) => applyStudent(state, gr));
         ctx.metrics.gradNormStudent = norm;
         ctx.metrics.skippedStudent = skipped;
       }

@@ -35,7 +35,7 @@ describe('kill -9 and --resume', () => {
     teacher = await makeTinyTeacher(9);
   });
 
-  it('continues from the last checkpoint and reaches the uninterrupted run\'s weights (≤ 1e-6)', async () => {
+  it('continues from the last checkpoint and reaches the uninterrupted run\'s weights (≤ 1e-6)', { timeout: 600_000 }, async () => {
     const straight = await mkdtemp(join(tmpdir(), 'sb-straight-'));
     const killed = await mkdtemp(join(tmpdir(), 'sb-killed-'));
     runToEnd(args(teacher, straight));
