@@ -2,34 +2,34 @@
  * The one helper every built-in operator uses: a synchronous map over step contexts that, when its
  * work throws, disposes the context's tensors before passing the error on (RxJS then tears the
  * chain down and unsubscribes the source), and that can act once when the source completes.
+ *
+ * Built from RxJS's own `map` and `concat`, so teardown reaches the source synchronously: after an
+ * error, even a synchronous source (`from(array)`) stops at once and no later micro-batch is
+ * computed or changes an optimiser.
  */
-import { Observable, type OperatorFunction } from 'rxjs';
+import { EMPTY, concat, defer, map, type OperatorFunction } from 'rxjs';
 import { disposeContext, type StepContext } from './context.ts';
 
 export function stepOperator(work: (ctx: StepContext) => void, onComplete?: () => void): OperatorFunction<StepContext, StepContext> {
-  return (source) =>
-    new Observable<StepContext>((subscriber) =>
-      source.subscribe({
-        next(ctx) {
-          try {
-            work(ctx);
-          } catch (err) {
-            disposeContext(ctx);
-            subscriber.error(err);
-            return;
-          }
-          subscriber.next(ctx);
-        },
-        error: (err) => subscriber.error(err),
-        complete() {
-          try {
-            onComplete?.();
-          } catch (err) {
-            subscriber.error(err);
-            return;
-          }
-          subscriber.complete();
-        },
+  return (source) => {
+    const mapped = source.pipe(
+      map((ctx) => {
+        try {
+          work(ctx);
+        } catch (err) {
+          disposeContext(ctx);
+          throw err;
+        }
+        return ctx;
       }),
     );
+    if (!onComplete) return mapped;
+    return concat(
+      mapped,
+      defer(() => {
+        onComplete();
+        return EMPTY;
+      }),
+    );
+  };
 }
