@@ -9,7 +9,7 @@ export function register(program: Command): void {
   program
     .command('train-teacher')
     .description('train the MNIST teacher UNet of the embedded default (diffusers layout, resumable)')
-    .option('--out <dir>', 'run folder (checkpoints, and the exported teacher in OUT/teacher)', 'runs/teacher')
+    .option('--out <dir>', 'run folder (checkpoints, and the exported teacher in OUT/teacher); the committed checkpoints/teacher continues the shipped teacher', 'checkpoints/teacher')
     .option('--steps <n>', 'total optimisation steps', int(1), 20000)
     .option('--batch-size <n>', 'images per step', int(1), 64)
     .option('--lr <x>', 'Adam learning rate', float, 1e-3)
