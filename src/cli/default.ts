@@ -23,21 +23,24 @@ export const DEFAULT_EMBEDDINGS = join(DATA, 'embeddings.parquet');
 
 /**
  * Hyper-parameters tuned on the MNIST default (see README, "The embedded default"). They differ
- * from the official SD 2.1 values where this problem needs it: a tiny student learns at a far
- * larger lr, and a few hundred steps call for a short EMA.
+ * from the official SD 2.1 values where this small problem needs it. Measured on the shipped
+ * teacher (native backend, 60 steps, n = 90): w 3 with student lr 1e-4 (or 3e-5) drove the student
+ * to saturated blobs or to black; w 1.5, student lr 2e-5 with a 20-step warm-up and a rank-16 LoRA
+ * on all four projections gave FD 114 / digit accuracy 0.81 (teacher 1 step: FD 261 / 0.13).
  */
 export const DEFAULT_RUN: { steps: number; config: Partial<DistillConfig> } = {
-  steps: 200,
+  steps: 100,
   config: {
-    batchSize: 16,
+    batchSize: 8,
     gradAccum: 1,
-    guidanceScale: 3,
-    studentLr: 1e-4,
+    guidanceScale: 1.5,
+    studentLr: 2e-5,
+    lrWarmupSteps: 20,
     loraLr: 1e-3,
-    loraRank: 8,
-    loraAlpha: 8,
-    loraTargets: ['to_q', 'to_v'],
-    emaDecay: 0.99,
+    loraRank: 16,
+    loraAlpha: 16,
+    loraTargets: ['to_q', 'to_k', 'to_v', 'to_out.0'],
+    emaDecay: 0.9,
     seed: 0,
   },
 };
