@@ -48,9 +48,15 @@ export interface DistillRunResult {
   stoppedEarly: boolean;
 }
 
+/** n validation prompts spread evenly over the first rows of the files (not just the first n). */
 async function validationPrompts(files: string[], n: number) {
-  const first = await firstValueFrom(embeddingBatches({ files, batchSize: n, shuffle: false, epochs: 1 }));
-  return { embeds: first.embeds, shape: first.shape, prompts: first.prompts };
+  const first = await firstValueFrom(embeddingBatches({ files, batchSize: Math.max(n, 96), shuffle: false, epochs: 1 }));
+  const [count, L, D] = first.shape;
+  const take = Math.min(n, count);
+  const picks = Array.from({ length: take }, (_, i) => Math.floor((i * count) / take));
+  const embeds = new Float32Array(take * L * D);
+  picks.forEach((row, i) => embeds.set(first.embeds.subarray(row * L * D, (row + 1) * L * D), i * L * D));
+  return { embeds, shape: [take, L, D] as [number, number, number], prompts: picks.map((row) => first.prompts[row]!) };
 }
 
 /** Writes the student (pipeline layout: unet/ + scheduler/), the LoRA adapter and the run config. */
