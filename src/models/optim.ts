@@ -148,18 +148,7 @@ export class GradAccumulator {
 
   /** Adds `grads · scale` (the caller keeps ownership of `grads`). */
   add(grads: NamedGrads, scale: number): void {
-    for (const [name, g] of grads) {
-      const scaled = scale === 1 ? tf.clone(g) : tf.mul(g, scale);
-      const prev = this.sums.get(name);
-      if (prev) {
-        this.sums.set(name, tf.add(prev, scaled));
-        prev.dispose();
-        scaled.dispose();
-      } else {
-        this.sums.set(name, scaled);
-      }
-    }
-    this.count += 1;
+    this.addOwned(new Map([...grads].map(([name, g]) => [name, tf.clone(g)])), scale);
   }
 
   /**
