@@ -90,6 +90,14 @@ function convFromTorch(w: Float32Array, kh: number, kw: number, cin: number, cou
   return out;
 }
 
+/** Column of dense row `r` in PyTorch's Linear: NHWC flatten order (h, w, c) → NCHW (c, h, w) when `hwc` is given. */
+function torchColumn(r: number, hwc?: [number, number, number]): number {
+  if (!hwc) return r;
+  const [H, W, C] = hwc;
+  const c = r % C, x = Math.floor(r / C) % W, y = Math.floor(r / (C * W));
+  return (c * H + y) * W + x;
+}
+
 /**
  * Dense [in, out] (rows in NHWC flatten order h, w, c when `hwc` is given) → Linear [out, in] (columns
  * in NCHW flatten order c, h, w).
@@ -97,12 +105,7 @@ function convFromTorch(w: Float32Array, kh: number, kw: number, cin: number, cou
 function denseToTorch(w: Float32Array, nin: number, nout: number, hwc?: [number, number, number]): Float32Array {
   const out = new Float32Array(w.length);
   for (let r = 0; r < nin; r++) {
-    let col = r;
-    if (hwc) {
-      const [H, W, C] = hwc;
-      const c = r % C, x = Math.floor(r / C) % W, y = Math.floor(r / (C * W));
-      col = (c * H + y) * W + x;
-    }
+    const col = torchColumn(r, hwc);
     for (let o = 0; o < nout; o++) out[o * nin + col] = w[r * nout + o]!;
   }
   return out;
@@ -111,12 +114,7 @@ function denseToTorch(w: Float32Array, nin: number, nout: number, hwc?: [number,
 function denseFromTorch(w: Float32Array, nin: number, nout: number, hwc?: [number, number, number]): Float32Array {
   const out = new Float32Array(w.length);
   for (let r = 0; r < nin; r++) {
-    let col = r;
-    if (hwc) {
-      const [H, W, C] = hwc;
-      const c = r % C, x = Math.floor(r / C) % W, y = Math.floor(r / (C * W));
-      col = (c * H + y) * W + x;
-    }
+    const col = torchColumn(r, hwc);
     for (let o = 0; o < nout; o++) out[r * nout + o] = w[o * nin + col]!;
   }
   return out;

@@ -9,6 +9,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { tf } from '../../src/tf.ts';
 import type { Tensor, Tensor3D, Tensor4D } from '../../src/tf.ts';
 import { initBackend, setGradientMode, STOCK_GRADIENT_BACKENDS } from '../../src/backend.ts';
+import { relErr } from '../numeric.ts';
 
 let notInstalled: string | undefined;
 beforeAll(async () => {
@@ -23,16 +24,6 @@ beforeAll(async () => {
   await import('@tensorflow/tfjs-backend-wasm');
 });
 
-/** Max |a-b| / max|b| over the whole tensor. */
-function relErr(a: Float32Array, b: Float32Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return diff / Math.max(scale, 1e-12);
-}
 
 /**
  * Conv (3x3 'same', then a strided 3x3 padded explicitly or 'same'), multi-head self-attention over the pixels (batched matMul with

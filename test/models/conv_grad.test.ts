@@ -2,17 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { tf } from '../../src/tf.ts';
 import type { Tensor, Tensor4D, Variable } from '../../src/tf.ts';
 import { initBackend } from '../../src/backend.ts';
+import { relErr } from '../numeric.ts';
 
-/** Max |a-b| / max|b|: the relative error of a whole gradient tensor. */
-function relErr(a: Float32Array, b: Float32Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return diff / Math.max(scale, 1e-12);
-}
 
 /** Stock-kernel gradients on the cpu backend: the reference the override must reproduce. */
 async function stockGrads(x: Tensor4D, w: Tensor4D, dy: Tensor4D, strides: number, pad: number[][]) {
