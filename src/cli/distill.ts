@@ -81,7 +81,7 @@ export function register(program: Command): void {
     .option('--lora-lr <x>', `LoRA teacher Adam lr (official ${d.loraLr})`, float)
     .option('--lora-rank <r>', `LoRA rank (official ${d.loraRank})`, int(1))
     .option('--lora-alpha <a>', `LoRA alpha; scale alpha/rank (official ${d.loraAlpha})`, float)
-    .option('--lora-targets <list>', `comma list of attention projections (official ${d.loraTargets.join(',')})`)
+    .option('--lora-targets <list>', `comma list of LoRA target modules, matched as PEFT's target_modules (Linear or Conv2d names or suffixes: to_q, to_out.0, conv1, time_emb_proj …; official ${d.loraTargets.join(',')})`)
     .option('--max-grad-norm <x>', `gradient clipping per model (official ${d.maxGradNorm})`, float)
     .option('--ema-decay <x>', `student EMA decay, 0 = off (official ${d.emaDecay})`, float)
     .option('--t-min <t>', `smallest VSD timestep (official ${d.tMin})`, int(0))

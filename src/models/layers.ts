@@ -1,15 +1,26 @@
 /**
- * The primitive layers of diffusers' UNet, as PyTorch names them: Conv2d, Linear (with an optional
- * LoRA adapter), GroupNorm, LayerNorm. Activations are NHWC [B, H, W, C]; sequences [B, N, C].
+ * The primitive layers of diffusers' UNet, as PyTorch names them: Conv2d and Linear (each with an
+ * optional LoRA adapter, as PEFT wraps them), GroupNorm, LayerNorm. Activations are NHWC
+ * [B, H, W, C]; sequences [B, N, C].
  */
 import { tf } from '../tf.ts';
 import type { Tensor, Tensor3D, Tensor4D, Variable } from '../tf.ts';
 import type { ParamStore } from './params.ts';
 import type { LoraState } from './lora.ts';
 
+/** A LoRA adapter on one layer (set by `LoraAdapter.attach`): y += scale · B(A(x)), active only while `state.enabled`. */
+export interface LayerLora {
+  A: Variable;
+  B: Variable;
+  scale: number;
+  state: LoraState;
+}
+
 export class Conv2d {
   readonly weight: Variable;
   readonly bias: Variable | null;
+  /** PEFT's Conv2d LoRA: A is a conv with this layer's kernel, stride and padding into r channels, B a 1x1 conv. */
+  lora: LayerLora | null = null;
   /** 'valid' / 'same' where they equal PyTorch's padding (the native backend accepts only those), else an explicit pre-pad. */
   private readonly mode: 'valid' | 'same';
   private readonly prePad: [number, number][] | null;
@@ -18,7 +29,7 @@ export class Conv2d {
    * @param padding PyTorch's symmetric padding, or explicit [top, bottom, left, right]
    *   (Downsample2D with padding 0 pads (0,1,0,1)).
    */
-  constructor(store: ParamStore, name: string, inChannels: number, outChannels: number, kernel: number, readonly stride = 1, padding: number | [number, number, number, number] = 0, bias = true) {
+  constructor(store: ParamStore, readonly name: string, readonly inChannels: number, readonly outChannels: number, readonly kernel: number, readonly stride = 1, padding: number | [number, number, number, number] = 0, bias = true) {
     const fanIn = inChannels * kernel * kernel;
     this.weight = store.create(`${name}.weight`, 'conv', [outChannels, inChannels, kernel, kernel], { fanIn });
     this.bias = bias ? store.create(`${name}.bias`, 'vector', [outChannels], { fanIn }) : null;
@@ -38,16 +49,21 @@ export class Conv2d {
 
   forward(x: Tensor4D): Tensor4D {
     const input = this.prePad ? tf.pad(x, this.prePad) : x;
-    const y = tf.conv2d(input, this.weight as Tensor4D, this.stride, this.mode);
-    return this.bias ? tf.add(y, this.bias) : y;
+    let y = tf.conv2d(input, this.weight as Tensor4D, this.stride, this.mode);
+    if (this.bias) y = tf.add(y, this.bias);
+    if (this.lora?.state.enabled) {
+      const down = tf.conv2d(input, this.lora.A as Tensor4D, this.stride, this.mode);
+      const delta = tf.conv2d(down, this.lora.B as Tensor4D, 1, 'valid');
+      y = tf.add(y, this.lora.scale === 1 ? delta : tf.mul(delta, this.lora.scale));
+    }
+    return y;
   }
 }
 
 export class Linear {
   readonly weight: Variable;
   readonly bias: Variable | null;
-  /** Set by `attachLora`; active only while `lora.state.enabled`. */
-  lora: { A: Variable; B: Variable; scale: number; state: LoraState } | null = null;
+  lora: LayerLora | null = null;
 
   constructor(store: ParamStore, readonly name: string, readonly inFeatures: number, readonly outFeatures: number, bias = true) {
     this.weight = store.create(`${name}.weight`, 'linear', [outFeatures, inFeatures], { fanIn: inFeatures });

@@ -1,16 +1,19 @@
 /**
- * LoRA adapters on the UNet's attention projections, in PEFT's format: `<module>.lora_A.weight`
- * [r, in] and `<module>.lora_B.weight` [out, r], scale alpha / r, B initialised to zero so an
- * attached adapter starts as the identity. One model serves as frozen teacher (LoRA off) and LoRA
- * teacher (LoRA on), as the official SwiftBrush code does.
+ * LoRA adapters on the UNet's Linear and Conv2d layers, in PEFT's format: on a Linear
+ * `<module>.lora_A.weight` [r, in] and `<module>.lora_B.weight` [out, r]; on a Conv2d
+ * `lora_A` [r, in, kh, kw] (the layer's kernel, stride and padding) and `lora_B` [out, r, 1, 1].
+ * Scale alpha / r, B initialised to zero so an attached adapter starts as the identity. Targets
+ * match as PEFT's `target_modules` list does: a module whose name is, or ends with `.`, a target.
+ * One model serves as frozen teacher (LoRA off) and LoRA teacher (LoRA on), as the official
+ * SwiftBrush code does.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Variable } from '../tf.ts';
 import type { UNet2DConditionModel } from './unet_2d_condition.ts';
-import { Linear } from './layers.ts';
-import { ParamStore } from './params.ts';
+import { Conv2d, Linear } from './layers.ts';
+import { ParamStore, tfToTorch, torchToTf } from './params.ts';
 import { readSafetensors, writeSafetensors } from './safetensors.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 
@@ -21,7 +24,7 @@ export interface LoraState {
 export interface LoraConfig {
   rank: number;
   alpha: number;
-  /** Module suffixes, as PEFT's target_modules: e.g. `to_q`, `to_v`, `to_out.0`. */
+  /** Module names or suffixes, as PEFT's target_modules: e.g. `to_q`, `to_out.0`, `conv1`, `time_emb_proj`. */
   targetModules: string[];
 }
 
@@ -29,12 +32,14 @@ export const DEFAULT_LORA_TARGETS = ['to_q', 'to_k', 'to_v', 'to_out.0'];
 export const ADAPTER_WEIGHTS_NAME = 'adapter_model.safetensors';
 export const ADAPTER_CONFIG_NAME = 'adapter_config.json';
 
-/** Every Linear in the model's attention blocks, by diffusers module name. */
-function attentionLinears(unet: UNet2DConditionModel): Linear[] {
-  const found: Linear[] = [];
+type LoraLayer = Linear | Conv2d;
+
+/** Every Linear and Conv2d of the model (diffusers module names), in a fixed order. */
+function loraLayers(unet: UNet2DConditionModel): LoraLayer[] {
+  const found: LoraLayer[] = [];
   const visit = (node: unknown, depth: number): void => {
     if (!node || typeof node !== 'object' || depth > 12) return;
-    if (node instanceof Linear) {
+    if (node instanceof Linear || node instanceof Conv2d) {
       found.push(node);
       return;
     }
@@ -45,27 +50,43 @@ function attentionLinears(unet: UNet2DConditionModel): Linear[] {
     }
   };
   visit(unet, 0);
-  return found.filter((l) => /\.attn\d\./.test(l.name));
+  return found;
+}
+
+/** PEFT's list form of target_modules: the name itself or a `.`-separated suffix of it. */
+function matchesTarget(name: string, target: string): boolean {
+  return name === target || name.endsWith(`.${target}`);
 }
 
 export class LoraAdapter {
   readonly store: ParamStore;
-  readonly modules: Linear[];
+  readonly modules: LoraLayer[];
 
   private constructor(readonly unet: UNet2DConditionModel, readonly config: LoraConfig, seed: number) {
     this.store = new ParamStore(seed, true);
-    const targets = new Set(config.targetModules);
-    this.modules = attentionLinears(unet).filter((l) => [...targets].some((t) => l.name.endsWith(`.${t}`)));
-    const unknown = config.targetModules.filter((t) => !this.modules.some((l) => l.name.endsWith(`.${t}`)));
-    if (unknown.length) throw new Error(`LoRA target module(s) ${unknown.join(', ')} match no attention projection (known: to_q, to_k, to_v, to_out.0)`);
+    const layers = loraLayers(unet);
+    this.modules = layers.filter((l) => config.targetModules.some((t) => matchesTarget(l.name, t)));
+    const unknown = config.targetModules.filter((t) => !this.modules.some((l) => matchesTarget(l.name, t)));
+    if (unknown.length) {
+      const known = [...new Set(layers.map((l) => l.name.split('.').filter((part) => !/^\d+$/.test(part)).pop()!))].sort();
+      throw new Error(`LoRA target module(s) ${unknown.join(', ')} match no Linear or Conv2d of this UNet (its layer names end in: ${known.join(', ')})`);
+    }
     if (!(config.rank >= 1 && Number.isInteger(config.rank))) throw new Error(`LoRA rank must be a positive integer, got ${config.rank}`);
     const scale = config.alpha / config.rank;
-    for (const linear of this.modules) {
-      if (linear.lora) throw new Error(`${linear.name} already has a LoRA adapter`);
-      // PEFT: A ~ kaiming_uniform(a=√5) = U(±1/√in); B = 0. Stored here in tfjs layout: A [in, r], B [r, out].
-      const A = this.store.create(`${linear.name}.lora_A.weight`, 'linear', [config.rank, linear.inFeatures], { fanIn: linear.inFeatures });
-      const B = this.store.create(`${linear.name}.lora_B.weight`, 'linear', [linear.outFeatures, config.rank], { constant: 0 });
-      linear.lora = { A, B, scale, state: unet.loraState };
+    const r = config.rank;
+    for (const layer of this.modules) {
+      if (layer.lora) throw new Error(`${layer.name} already has a LoRA adapter`);
+      // PEFT: A ~ kaiming_uniform(a=√5) = U(±1/√fan_in); B = 0.
+      const [A, B] = layer instanceof Linear
+        ? [
+            this.store.create(`${layer.name}.lora_A.weight`, 'linear', [r, layer.inFeatures], { fanIn: layer.inFeatures }),
+            this.store.create(`${layer.name}.lora_B.weight`, 'linear', [layer.outFeatures, r], { constant: 0 }),
+          ]
+        : [
+            this.store.create(`${layer.name}.lora_A.weight`, 'conv', [r, layer.inChannels, layer.kernel, layer.kernel], { fanIn: layer.inChannels * layer.kernel * layer.kernel }),
+            this.store.create(`${layer.name}.lora_B.weight`, 'conv', [layer.outChannels, r, 1, 1], { constant: 0 }),
+          ];
+      layer.lora = { A, B, scale, state: unet.loraState };
     }
   }
 
@@ -97,11 +118,11 @@ export class LoraAdapter {
     return this.store.variables();
   }
 
-  /** PEFT-layout copies: lora_A [r, in], lora_B [out, r]. */
+  /** PEFT-layout copies: lora_A [r, in] / [r, in, kh, kw], lora_B [out, r] / [out, r, 1, 1]. */
   stateDict(): Record<string, { shape: number[]; data: Float32Array }> {
     const out: Record<string, { shape: number[]; data: Float32Array }> = {};
     for (const [name, p] of this.store.params) {
-      const t = tf.transpose(p.variable);
+      const t = tfToTorch(p.kind, p.variable);
       out[name] = { shape: p.torchShape, data: t.dataSync() as Float32Array };
       t.dispose();
     }
@@ -118,7 +139,7 @@ export class LoraAdapter {
     for (const [name, p] of this.store.params) {
       const t = byName.get(name)!;
       if (t.shape.join(',') !== p.torchShape.join(',')) throw new Error(`${source}: '${name}' has shape [${t.shape}], expected [${p.torchShape}]`);
-      const value = tf.tidy(() => tf.transpose(tf.tensor(t.data as Float32Array, t.shape)));
+      const value = torchToTf(p.kind, t.data as Float32Array, t.shape);
       p.variable.assign(value);
       value.dispose();
     }
@@ -144,7 +165,7 @@ export class LoraAdapter {
 
   /** Detaches from the model and frees the adapter weights. */
   dispose(): void {
-    for (const linear of this.modules) linear.lora = null;
+    for (const layer of this.modules) layer.lora = null;
     this.store.dispose();
   }
 }

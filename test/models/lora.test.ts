@@ -8,6 +8,7 @@ import type { Tensor, Tensor3D, Tensor4D } from '../../src/tf.ts';
 import { initBackend } from '../../src/backend.ts';
 import { UNet2DConditionModel } from '../../src/models/unet_2d_condition.ts';
 import { LoraAdapter, DEFAULT_LORA_TARGETS } from '../../src/models/lora.ts';
+import { Conv2d, Linear } from '../../src/models/layers.ts';
 import { readSafetensors, writeSafetensors } from '../../src/models/safetensors.ts';
 import { Adam } from '../../src/models/optim.ts';
 
@@ -81,7 +82,7 @@ describe('LoraAdapter', () => {
 
   it('applies scale alpha/r: Linear(x) = W x + b + (alpha/r) B A x', () => {
     const lora = LoraAdapter.attach(unet, { rank: 2, alpha: 6, targetModules: ['to_k'] }, 1);
-    const lin = lora.modules[0]!;
+    const lin = lora.modules[0]! as Linear;
     lin.lora!.B.assign(tf.randomNormal(lin.lora!.B.shape, 0, 1, 'float32', 3));
     const [off, on, manual] = tf.tidy(() => {
       const x = tf.randomNormal([3, lin.inFeatures], 0, 1, 'float32', 4);
@@ -95,6 +96,56 @@ describe('LoraAdapter', () => {
     on!.forEach((v, i) => (d = Math.max(d, Math.abs(v - manual![i]!))));
     expect(d).toBeLessThan(1e-5);
     lora.dispose();
+  });
+
+  it('on Conv2d (PEFT: A = conv with the layer kernel/stride/padding into r channels, B = 1x1): equals the merged kernel W + (alpha/r) A·B', () => {
+    const base = forward(unet);
+    const lora = LoraAdapter.attach(unet, { rank: 3, alpha: 6, targetModules: ['conv1', 'conv2', 'conv_in', 'downsamplers.0.conv'] }, 2);
+    onTestFinished(() => lora.dispose());
+    const convs = lora.modules as Conv2d[];
+    expect(convs.every((m) => m instanceof Conv2d)).toBe(true);
+    expect(convs.map((m) => m.name)).toContain('conv_in');
+    expect(convs.map((m) => m.name)).toContain('down_blocks.0.downsamplers.0.conv'); // stride 2, explicit padding
+    expect(lora.with(true, () => forward(unet))).toEqual(base); // B = 0: identity
+    for (const m of convs) m.lora!.B.assign(tf.randomNormal(m.lora!.B.shape, 0, 0.2, 'float32', 7));
+    const adapted = lora.with(true, () => forward(unet));
+    expect(identical(adapted, base)).toBe(false);
+    // Merge into the base kernels (tfjs layout [kh, kw, in, r] x [1, 1, r, out]) and compare with LoRA off.
+    const saved = convs.map((m) => tf.clone(m.weight));
+    for (const m of convs) {
+      const merged = tf.tidy(() => {
+        const [kh, kw, cin, r] = m.lora!.A.shape as number[];
+        const a = tf.reshape(m.lora!.A, [kh! * kw! * cin!, r!]);
+        const b = tf.reshape(m.lora!.B, [r!, m.outChannels]);
+        return tf.add(m.weight, tf.mul(tf.reshape(tf.matMul(a, b), m.weight.shape), 2));
+      });
+      m.weight.assign(merged);
+      merged.dispose();
+    }
+    const mergedOut = forward(unet);
+    convs.forEach((m, i) => m.weight.assign(saved[i]!));
+    tf.dispose(saved);
+    let d = 0;
+    adapted.forEach((v, i) => (d = Math.max(d, Math.abs(v - mergedOut[i]!))));
+    expect(d).toBeLessThan(1e-4);
+    expect(identical(forward(unet), base)).toBe(true);
+  });
+
+  it('Conv2d adapters save in PEFT layout ([r,in,kh,kw] / [out,r,1,1]) and load back to identical outputs', async () => {
+    const lora = LoraAdapter.attach(unet, { rank: 2, alpha: 2, targetModules: ['conv1', 'to_q'] }, 4);
+    for (const p of lora.store.params.values()) p.variable.assign(tf.randomNormal(p.variable.shape, 0, 0.1, 'float32', 22));
+    const enabled = lora.with(true, () => forward(unet));
+    const dir = join(tmp, 'conv-adapter');
+    await lora.save(dir);
+    lora.dispose();
+    const file = (await readSafetensors(join(dir, 'adapter_model.safetensors'))).tensors;
+    expect(file.get('down_blocks.0.resnets.0.conv1.lora_A.weight')!.shape).toEqual([2, 32, 3, 3]);
+    expect(file.get('down_blocks.0.resnets.0.conv1.lora_B.weight')!.shape).toEqual([32, 2, 1, 1]);
+    const fresh = await UNet2DConditionModel.fromPretrained(FIXTURE, { trainable: false });
+    const loaded = await LoraAdapter.load(fresh, dir);
+    expect(loaded.with(true, () => forward(fresh))).toEqual(enabled);
+    loaded.dispose();
+    fresh.dispose();
   });
 
   it('PEFT save/load round trip: key names, [r,in]/[out,r] shapes, config, identical outputs; prefixes accepted', async () => {
