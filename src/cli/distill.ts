@@ -4,7 +4,7 @@
  * (flags win over the file; the file's keys are the flags' camelCase names, e.g. "guidanceScale").
  */
 import { readFile } from 'node:fs/promises';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { initBackend } from '../backend.ts';
 import { runDistillation } from '../operators/run.ts';
 import { OFFICIAL_DEFAULTS, type DistillConfig } from '../operators/state.ts';
@@ -34,6 +34,8 @@ interface DistillFlags {
   tMin?: number;
   tMax?: number;
   loraNullPromptProb?: number;
+  loraLossWeighting?: 'official' | 'epsilon';
+  replicas?: number;
   maxNonFiniteSteps?: number;
   adamBeta1?: number;
   adamBeta2?: number;
@@ -86,7 +88,9 @@ export function register(program: Command): void {
     .option('--ema-decay <x>', `student EMA decay, 0 = off (official ${d.emaDecay})`, float)
     .option('--t-min <t>', `smallest VSD timestep (official ${d.tMin})`, int(0))
     .option('--t-max <t>', `largest VSD timestep (official ${d.tMax})`, int(0))
+    .addOption(new Option('--lora-loss-weighting <w>', `LoRA teacher loss: official = mse(√ᾱ·ε_φ, √ᾱ·ε′), epsilon = plain mse(ε_φ, ε′) (official ${d.loraLossWeighting})`).choices(['official', 'epsilon']))
     .option('--lora-null-prompt-prob <p>', `null-prompt probability for the LoRA teacher (official ${d.loraNullPromptProb})`, float)
+    .option('--replicas <n>', 'data-parallel threads (main + n−1 workers), each computing whole micro-batches of a --grad-accum window: use both cores on the single-threaded wasm backend (needs --grad-accum ≥ n; default 1)', int(1))
     .option('--max-non-finite-steps <n>', 'stop after this many non-finite steps in a row', int(1))
     .option('--adam-beta1 <x>', 'Adam beta1', float)
     .option('--adam-beta2 <x>', 'Adam beta2', float)

@@ -60,6 +60,12 @@ export interface StepContext {
   loraUsesNullPrompt?: boolean;
   tensors: StepTensors;
   metrics: StepMetrics;
+  /**
+   * Set when `offloadToReplicas` handed this micro-batch to a data-parallel replica (1-based): the
+   * context then holds no tensors and every built-in operator passes it through untouched (its
+   * gradients join the window's when the main thread closes the window).
+   */
+  onReplica?: number;
 }
 
 /** Removes a tensor from the context and returns it; the caller now owns it. */

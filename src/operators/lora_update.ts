@@ -1,6 +1,7 @@
 /**
  * loraUpdate: the LoRA teacher learns the student's distribution.
- * L = mse(√ᾱ_t′ ε_φ(x̂_t′, t′, c), √ᾱ_t′ target), c = y (or y0 on a null-prompt draw); gradients
+ * L = mse(√ᾱ_t′ ε_φ(x̂_t′, t′, c), √ᾱ_t′ target) (or, with loraLossWeighting 'epsilon', the
+ * unweighted mse(ε_φ, target)), c = y (or y0 on a null-prompt draw); gradients
  * w.r.t. the LoRA weights only, summed over the window (×1/k), clipped, Adam on the window's last
  * micro-batch (after the student's step), which also advances `ctx.step`.
  *
@@ -20,7 +21,8 @@ import { stepOptimizer } from './vsd_update.ts';
 export function loraGradients(state: DistillState, xt: Tensor4D, timesteps: number[], condition: Tensor3D, target: Tensor4D): { loss: number; grads: NamedGrads } {
   const params = state.lora.store.named();
   const { value, grads } = tf.variableGrads(() => {
-    const weight = tf.tensor4d(timesteps.map((t) => Math.sqrt(state.schedule.alphaBar(t))), [timesteps.length, 1, 1, 1]);
+    const official = state.config.loraLossWeighting === 'official';
+    const weight = tf.tensor4d(timesteps.map((t) => (official ? Math.sqrt(state.schedule.alphaBar(t)) : 1)), [timesteps.length, 1, 1, 1]);
     const pred = state.lora.with(true, () => state.teacher.forward(xt, timesteps, condition));
     return tf.losses.meanSquaredError(tf.mul(target, weight), tf.mul(pred, weight)) as tf.Scalar;
   }, [...params.values()]);
@@ -64,6 +66,7 @@ export function loraUpdate(state: DistillState): OperatorFunction<StepContext, S
         const { norm, skipped } = stepOptimizer(state.loraGrads.take(), state.config.maxGradNorm, (g) => state.loraOptimizer.apply(g));
         ctx.metrics.gradNormLora = norm;
         ctx.metrics.skippedLora = skipped;
+        state.replicas?.publish(); // both models have stepped: the replicas' next window starts from here
         ctx.step += 1;
         checkNonFinite(state, ctx);
       }

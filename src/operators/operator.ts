@@ -14,6 +14,7 @@ export function stepOperator(work: (ctx: StepContext) => void, onComplete?: () =
   return (source) => {
     const mapped = source.pipe(
       map((ctx) => {
+        if (ctx.onReplica !== undefined) return ctx; // computed on a replica thread
         try {
           work(ctx);
         } catch (err) {

@@ -1,7 +1,7 @@
 /**
  * The SwiftBrush step as one composed operator, and the stream that feeds it.
  *
- *   batches ─► toStepContext ─► studentForward ─► noiseAtT ─► teacherCFG ─► vsdUpdate
+ *   batches ─► toStepContext ─► (offloadToReplicas) ─► studentForward ─► noiseAtT ─► teacherCFG ─► vsdUpdate
  *           ─► noiseAtT′ ─► loraUpdate ─► emaUpdate ─► (your operators) ─► ack (pull the next batch)
  *
  * Backpressure: the embedding source emits at most `prefetch` batches beyond the ones the tail has
@@ -19,10 +19,14 @@ import { vsdUpdate } from './vsd_update.ts';
 import { noiseAtTPrime } from './noise_at_t_prime.ts';
 import { loraUpdate } from './lora_update.ts';
 import { emaUpdate } from './ema_update.ts';
+import { offloadToReplicas } from './offload_to_replicas.ts';
 
-/** The six operators of one SwiftBrush step, in the official order, plus the student's EMA. */
+/**
+ * The six operators of one SwiftBrush step, in the official order, plus the student's EMA; first,
+ * the hand-off of a window's micro-batches to data-parallel replicas (a no-op without them).
+ */
 export function swiftbrushStep(state: DistillState): OperatorFunction<StepContext, StepContext> {
-  return pipe(studentForward(state), noiseAtT(state), teacherCFG(state), vsdUpdate(state), noiseAtTPrime(state), loraUpdate(state), emaUpdate(state));
+  return pipe(offloadToReplicas(state), studentForward(state), noiseAtT(state), teacherCFG(state), vsdUpdate(state), noiseAtTPrime(state), loraUpdate(state), emaUpdate(state));
 }
 
 /**

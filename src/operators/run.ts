@@ -15,6 +15,8 @@ import { checkpoint } from './checkpoint.ts';
 import { distill } from './pipeline.ts';
 import { metricsJsonl } from './metrics.ts';
 import { progress } from './progress.ts';
+import { ReplicaPool } from '../parallel/replica_pool.ts';
+import { tf } from '../tf.ts';
 import { OFFICIAL_DEFAULTS, createDistillState, disposeDistillState, readTrainingState, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
 import { validation } from './validation.ts';
 import { copyFile, mkdir } from 'node:fs/promises';
@@ -74,6 +76,9 @@ export async function exportStudent(state: DistillState, out: string, options: {
 
 export async function runDistillation(o: DistillRunOptions): Promise<DistillRunResult> {
   const config: DistillConfig = { ...OFFICIAL_DEFAULTS, ...o.config };
+  if (!(Number.isInteger(config.replicas) && config.replicas >= 1)) throw new Error(`replicas must be a positive integer, got ${config.replicas}`);
+  if (config.replicas > config.gradAccum) throw new Error(`replicas (${config.replicas}) needs gradAccum ≥ replicas (got ${config.gradAccum}): each replica computes whole micro-batches of an accumulation window`);
+  if (!['official', 'epsilon'].includes(config.loraLossWeighting)) throw new Error(`loraLossWeighting must be 'official' or 'epsilon', got ${JSON.stringify(config.loraLossWeighting)}`);
   const files = expandFiles(o.embeddings);
   const nullEmbedding = await readNullEmbedding(files);
   const state = await createDistillState({ teacherDir: o.teacher, nullEmbeds: nullEmbedding.embeds, embedShape: nullEmbedding.shape, config });
@@ -88,6 +93,10 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
       log.info({ checkpoint: resumeFrom.path, step: startStep, microStep: firstMicroStep }, 'resuming');
     } else if (o.resume) {
       log.info({ out: o.out }, 'no checkpoint to resume from: starting at step 0');
+    }
+    if (config.replicas > 1) {
+      state.replicas = await ReplicaPool.start(state, { count: config.replicas - 1, teacherDir: o.teacher, backend: tf.getBackend(), maxBatch: config.batchSize });
+      log.info({ replicas: config.replicas, backend: tf.getBackend() }, 'data-parallel replica threads started');
     }
     const runConfig = { teacher: o.teacher, embeddings: files, steps: o.steps, ...config, checkpoint_every: o.checkpointEvery, validation_every: o.validationEvery };
     await writeJsonAtomic(join(o.out, 'config.json'), runConfig);
@@ -120,6 +129,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
     log.info({ step: startStep, studentDir }, 'student exported');
     return { step: startStep, studentDir, stoppedEarly: startStep < o.steps };
   } finally {
+    await state.replicas?.dispose();
     disposeDistillState(state);
   }
 }

@@ -14,6 +14,7 @@ import { NoiseSchedule } from '../models/schedule.ts';
 import { Adam, EmaWeights, GradAccumulator } from '../models/optim.ts';
 import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { StepRng } from '../util/rng.ts';
+import type { ReplicaPool } from '../parallel/replica_pool.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 
 /** Hyper-parameters; defaults are the official SwiftBrush script's (SD 2.1-base). */
@@ -35,8 +36,19 @@ export interface DistillConfig {
   /** VSD timesteps t ∈ [tMin, tMax] (inclusive), the LoRA teacher's t′ ∈ [0, T−1]. */
   tMin: number;
   tMax: number;
+  /**
+   * The LoRA teacher's loss: 'official' = mse(√ᾱ_t′·ε_φ, √ᾱ_t′·ε′) (SwiftBrush; weak at high t′),
+   * 'epsilon' = mse(ε_φ, ε′), the plain denoising loss of diffusers' training scripts (every t′ alike).
+   */
+  loraLossWeighting: 'official' | 'epsilon';
   /** Probability (one draw per micro-batch) that the LoRA teacher trains on the null prompt. */
   loraNullPromptProb: number;
+  /**
+   * Threads computing micro-batches of a window at once (1 = the main thread alone). Each extra
+   * replica takes whole micro-batches, so it needs gradAccum ≥ replicas; the result equals the
+   * sequential run's up to float summation order.
+   */
+  replicas: number;
   /** Stop after this many consecutive windows with a non-finite loss or gradient. */
   maxNonFiniteSteps: number;
   adamBeta1: number;
@@ -60,7 +72,9 @@ export const OFFICIAL_DEFAULTS: DistillConfig = {
   emaDecay: 0.9999,
   tMin: 20,
   tMax: 980,
+  loraLossWeighting: 'official',
   loraNullPromptProb: 0.1,
+  replicas: 1,
   maxNonFiniteSteps: 10,
   adamBeta1: 0.9,
   adamBeta2: 0.999,
@@ -83,6 +97,8 @@ export interface DistillState {
   readonly rng: StepRng;
   /** y0: the null prompt's embedding [1, L, D]. */
   readonly nullEmbeds: Tensor3D;
+  /** Data-parallel replica threads (set by runDistillation when config.replicas > 1). */
+  replicas?: ReplicaPool;
   /** Counters that survive a resume. */
   readonly counters: { nonFiniteInARow: number; skippedSteps: number };
 }

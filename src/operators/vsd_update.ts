@@ -69,6 +69,7 @@ function applyStudent(state: DistillState, grads: NamedGrads): void {
 
 export function vsdUpdate(state: DistillState): OperatorFunction<StepContext, StepContext> {
   const flush = () => {
+    state.replicas?.collectInto(state);
     if (state.studentGrads.empty) return;
     stepOptimizer(state.studentGrads.take(), state.config.maxGradNorm, (g) => applyStudent(state, g));
   };
@@ -84,6 +85,9 @@ export function vsdUpdate(state: DistillState): OperatorFunction<StepContext, St
       toDispose.push(g);
       ctx.metrics.lossVsd = tf.tidy(() => tf.mul(tf.mean(tf.square(g)), 0.5).dataSync()[0]!);
       const grads = studentGradients(state, z, y, g);
+      // The window's other micro-batches, computed meanwhile on replica threads, are added first:
+      // the sum then runs in micro-batch order, exactly as in a sequential run.
+      if (ctx.closesWindow) state.replicas?.collectInto(state);
       state.studentGrads.addOwned(grads, 1 / state.config.gradAccum);
       if (ctx.closesWindow) {
         const { norm, skipped } = stepOptimizer(state.studentGrads.take(), state.config.maxGradNorm, (gr) => applyStudent(state, gr));
