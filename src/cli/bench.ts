@@ -5,21 +5,10 @@
  */
 import type { Command } from 'commander';
 import { initBackend } from '../backend.ts';
-import { FIXTURE_SCHEDULER, FIXTURE_UNET, runBench } from '../operators/bench.ts';
+import { FIXTURE_SCHEDULER, FIXTURE_UNET, runBench, type BenchOptions } from '../operators/bench.ts';
 import { backendOption, int } from './options.ts';
 
-interface BenchFlags {
-  unet: string;
-  scheduler?: string;
-  batchSize: number;
-  steps: number;
-  warmup: number;
-  round: number;
-  unetReps: number;
-  embeddings: string;
-  backend?: string;
-  json?: boolean;
-}
+type BenchFlags = Omit<BenchOptions, 'onProgress' | 'config'> & { embeddings: string; backend?: string; json?: boolean };
 
 export function register(program: Command): void {
   program
@@ -33,6 +22,7 @@ export function register(program: Command): void {
     .option('--round <n>', 'steps per interleaved round', int(1), 5)
     .option('--unet-reps <n>', 'timed UNet forward / forward+backward repetitions', int(1), 10)
     .option('--embeddings <file>', 'Parquet file whose "" row is the null prompt', 'data/embeddings.parquet')
+    .option('--replicas <n>', 'also time the step split over n data-parallel threads (n micro-batches of B/n, --replicas n --grad-accum n); 1 = skip', int(1), 1)
     .addOption(backendOption())
     .option('--json', 'print one JSON object')
     .action(async (opts: BenchFlags) => {
@@ -46,6 +36,7 @@ export function register(program: Command): void {
         round: opts.round,
         unetReps: opts.unetReps,
         embeddings: opts.embeddings,
+        replicas: opts.replicas,
         onProgress: (done, total) => process.stderr.write(`bench: ${done}/${total} steps per mode\n`),
       });
       const out = { ...result, provider: choice.provider };
@@ -59,6 +50,7 @@ export function register(program: Command): void {
         `step (stream)  ${r.step_s.toFixed(3)} s   fused loop ${r.fused_step_s.toFixed(3)} s   stream overhead ${(100 * r.stream_overhead).toFixed(1)}%`,
         `UNet forward ${r.forward_ms.toFixed(1)} ms   forward+backward ${r.forward_backward_ms.toFixed(1)} ms`,
         ...Object.entries(r.operator_ms).map(([k, v]) => `  ${k.padEnd(14)} ${v.toFixed(1).padStart(8)} ms  ${(100 * r.operator_share[k]!).toFixed(1).padStart(5)}%`),
+        ...(r.data_parallel ? [`data-parallel: ${r.data_parallel.replicas} threads x ${r.data_parallel.micro_batch} prompts  ${r.data_parallel.step_s.toFixed(3)} s per step   speed-up ${r.data_parallel.speedup.toFixed(2)}x`] : []),
         `peak RSS ${r.peak_rss_mib.toFixed(0)} MiB (after warm-up ${r.rss_after_warmup_mib.toFixed(0)}, end ${r.rss_end_mib.toFixed(0)})   numTensors drift ${r.tensor_drift}`,
       ];
       process.stdout.write(lines.join('\n') + '\n');

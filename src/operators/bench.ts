@@ -32,6 +32,7 @@ import { scoreGradient, stepOptimizer, studentGradients, vsdUpdate } from './vsd
 import { noiseAtTPrime } from './noise_at_t_prime.ts';
 import { loraGradients, loraUpdate } from './lora_update.ts';
 import { emaUpdate } from './ema_update.ts';
+import { ReplicaPool } from '../parallel/replica_pool.ts';
 
 export const FIXTURE_UNET = '../shared/fixtures/diffusers-tiny-unet';
 export const FIXTURE_SCHEDULER = '../shared/fixtures/diffusers-scheduler';
@@ -52,6 +53,11 @@ export interface BenchOptions {
   /** Embeddings file whose "" row is the null prompt (zeros when absent or of another width). */
   embeddings?: string;
   config?: Partial<DistillConfig>;
+  /**
+   * Also time data parallelism: the same optimiser step (batch B) as R micro-batches of B/R over
+   * R threads (`--replicas R --grad-accum R`), interleaved with the other modes. 1 = skip.
+   */
+  replicas?: number;
   /** Called after each round (progress on stderr). */
   onProgress?: (done: number, total: number) => void;
 }
@@ -81,6 +87,8 @@ export interface BenchResult {
   /** numTensors at the end minus after warm-up (0 = no leak). */
   tensor_drift: number;
   num_tensors: number;
+  /** With `replicas` > 1: median seconds per optimiser step of batch B split over R threads, and step_s / that. */
+  data_parallel?: { replicas: number; micro_batch: number; step_s: number; speedup: number };
 }
 
 const median = (xs: number[]) => {
@@ -227,9 +235,37 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     }
     const config: DistillConfig = { ...OFFICIAL_DEFAULTS, batchSize: o.batchSize, gradAccum: 1, ...o.config };
     const state = await createDistillState({ teacherDir: dir, nullEmbeds, embedShape: [L, D], config });
+    let dpState: DistillState | null = null;
     try {
       const make = (i: number) => syntheticBatch(i, o.batchSize, L, D);
+      const R = o.replicas ?? 1;
+      if (R > 1 && o.batchSize % R !== 0) throw new Error(`--replicas ${R} must divide --batch-size ${o.batchSize} (each thread takes B/R prompts)`);
+      dpState = R > 1 ? await createDistillState({ teacherDir: dir, nullEmbeds, embedShape: [L, D], config: { ...config, batchSize: o.batchSize / R, gradAccum: R, replicas: R } }) : null;
+      if (dpState) dpState.replicas = await ReplicaPool.start(dpState, { count: R - 1, teacherDir: dir, backend: tf.getBackend(), maxBatch: o.batchSize / R });
       let micro = 0;
+      let dpMicro = 0;
+      const dpTimes: number[] = [];
+      const dpRound = async (n: number, record: boolean) => {
+        if (!dpState) return;
+        const dp = dpState;
+        let last = performance.now();
+        const first = dpMicro;
+        await lastValueFrom(
+          distill(dp, {
+            firstMicroStep: first,
+            batches: (d) => pulledSource(first, n * R, 2, d, (i) => syntheticBatch(i, o.batchSize / R, L, D)),
+            operators: [
+              tap((ctx) => {
+                if (!ctx.closesWindow) return;
+                const now = performance.now();
+                if (record) dpTimes.push((now - last) / 1000);
+                last = now;
+              }),
+            ],
+          }),
+        );
+        dpMicro += n * R;
+      };
       const streamTimes: number[] = [];
       const fusedTimes: number[] = [];
       const opTimes = new Map<string, number[]>();
@@ -289,6 +325,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       await streamRound(o.warmup, false);
       fusedRound(o.warmup, false);
       await timedRound(1);
+      await dpRound(o.warmup, false);
       opTimes.clear();
       const tensorsAfterWarmup = tf.memory().numTensors;
       const rssAfterWarmup = process.memoryUsage().rss;
@@ -301,6 +338,8 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         streamTimes.splice(streamTimes.length - n - 1, 1);
         fusedRound(n, true);
         await timedRound(n);
+        await dpRound(n + 1, true);
+        dpTimes.splice(dpTimes.length - n - 1, 1);
         done += n;
         o.onProgress?.(done, o.steps);
       }
@@ -329,8 +368,11 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         rss_end_mib: mib(rssEnd),
         tensor_drift: tensorDrift,
         num_tensors: tf.memory().numTensors,
+        ...(dpState ? { data_parallel: { replicas: R, micro_batch: o.batchSize / R, step_s: median(dpTimes), speedup: stepS / median(dpTimes) } } : {}),
       };
     } finally {
+      await dpState?.replicas?.dispose();
+      if (dpState) disposeDistillState(dpState);
       disposeDistillState(state);
     }
   });

@@ -4,14 +4,18 @@ import { runBench } from '../../src/operators/bench.ts';
 import { EMBEDDINGS, makeTinyTeacher } from './helpers.ts';
 
 describe('swiftbrush bench (library)', () => {
-  it('reports stream and fused step times, operator shares, UNet times, RSS and a zero tensor drift', async () => {
+  it('reports stream and fused step times, operator shares, UNet times, RSS, a zero tensor drift, and the data-parallel step', async () => {
     await initBackend('wasm');
     const teacher = await makeTinyTeacher();
-    const r = await runBench({ unet: teacher, batchSize: 2, steps: 2, warmup: 1, round: 1, unetReps: 1, embeddings: EMBEDDINGS, config: { loraRank: 2, loraAlpha: 4 } });
+    const r = await runBench({ unet: teacher, batchSize: 2, steps: 2, warmup: 1, round: 1, unetReps: 1, embeddings: EMBEDDINGS, config: { loraRank: 2, loraAlpha: 4 }, replicas: 2 });
     expect(r.backend).toBe('wasm');
     for (const key of ['step_s', 'fused_step_s', 'forward_ms', 'forward_backward_ms', 'peak_rss_mib'] as const) expect(r[key]).toBeGreaterThan(0);
     expect(Object.keys(r.operator_ms)).toEqual(['studentForward', 'noiseAtT', 'teacherCFG', 'vsdUpdate', 'noiseAtTPrime', 'loraUpdate', 'emaUpdate']);
     expect(Object.values(r.operator_share).reduce((a, b) => a + b, 0)).toBeCloseTo(1, 6);
     expect(r.tensor_drift).toBe(0);
+    // --replicas 2: the same step as 2 micro-batches of 1 over two threads, timed alongside.
+    expect(r.data_parallel).toMatchObject({ replicas: 2, micro_batch: 1 });
+    expect(r.data_parallel!.step_s).toBeGreaterThan(0);
+    expect(r.data_parallel!.speedup).toBeCloseTo(r.step_s / r.data_parallel!.step_s, 9);
   }, 240_000);
 });
