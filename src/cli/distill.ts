@@ -25,6 +25,8 @@ interface DistillFlags {
   guidanceScale?: number;
   studentLr?: number;
   lrWarmupSteps?: number;
+  lrScheduler?: 'constant' | 'linear' | 'cosine';
+  lrDecaySteps?: number;
   loraLr?: number;
   loraRank?: number;
   loraAlpha?: number;
@@ -79,7 +81,9 @@ export function register(program: Command): void {
     .option('--seed <n>', 'seed of every random draw', int(0))
     .option('--guidance-scale <w>', `CFG scale of both teachers (official ${d.guidanceScale})`, float)
     .option('--student-lr <x>', `student Adam lr (official ${d.studentLr})`, float)
-    .option('--lr-warmup-steps <n>', 'student lr warm-up steps (diffusers constant_with_warmup; official script default 0 here)', int(0))
+    .option('--lr-warmup-steps <n>', 'student lr warm-up steps (linear, as diffusers; official 0)', int(0))
+    .addOption(new Option('--lr-scheduler <name>', "student lr after warm-up, as diffusers' get_scheduler: constant (official), linear or cosine decay to 0 at --lr-decay-steps").choices(['constant', 'linear', 'cosine']))
+    .option('--lr-decay-steps <n>', 'steps to reach lr 0 with linear/cosine (default: --steps)', int(1))
     .option('--lora-lr <x>', `LoRA teacher Adam lr (official ${d.loraLr})`, float)
     .option('--lora-rank <r>', `LoRA rank (official ${d.loraRank})`, int(1))
     .option('--lora-alpha <a>', `LoRA alpha; scale alpha/rank (official ${d.loraAlpha})`, float)

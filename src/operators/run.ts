@@ -76,6 +76,8 @@ export async function exportStudent(state: DistillState, out: string, options: {
 
 export async function runDistillation(o: DistillRunOptions): Promise<DistillRunResult> {
   const config: DistillConfig = { ...OFFICIAL_DEFAULTS, ...o.config };
+  if (!config.lrDecaySteps) config.lrDecaySteps = o.steps;
+  if (!['constant', 'linear', 'cosine'].includes(config.lrScheduler)) throw new Error(`lrScheduler must be 'constant', 'linear' or 'cosine', got ${JSON.stringify(config.lrScheduler)}`);
   if (!(Number.isInteger(config.replicas) && config.replicas >= 1)) throw new Error(`replicas must be a positive integer, got ${config.replicas}`);
   if (config.replicas > config.gradAccum) throw new Error(`replicas (${config.replicas}) needs gradAccum ≥ replicas (got ${config.gradAccum}): each replica computes whole micro-batches of an accumulation window`);
   if (!['official', 'epsilon'].includes(config.loraLossWeighting)) throw new Error(`loraLossWeighting must be 'official' or 'epsilon', got ${JSON.stringify(config.loraLossWeighting)}`);

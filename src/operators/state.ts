@@ -24,8 +24,15 @@ export interface DistillConfig {
   gradAccum: number;
   guidanceScale: number;
   studentLr: number;
-  /** diffusers' constant_with_warmup for the student: lr × step/warmup over the first steps (0 = constant). */
+  /** Linear warm-up of the student's lr over its first steps (0 = none), as diffusers' schedulers do. */
   lrWarmupSteps: number;
+  /**
+   * The student's lr after warm-up, as diffusers' get_scheduler names it: 'constant' (official;
+   * with warm-up it is constant_with_warmup), or 'linear' / 'cosine' decay to 0 at lrDecaySteps.
+   */
+  lrScheduler: 'constant' | 'linear' | 'cosine';
+  /** diffusers' num_training_steps for the decaying schedules; 0 = the run's --steps. */
+  lrDecaySteps: number;
   loraLr: number;
   loraRank: number;
   loraAlpha: number;
@@ -64,6 +71,8 @@ export const OFFICIAL_DEFAULTS: DistillConfig = {
   guidanceScale: 4.5,
   studentLr: 1e-6,
   lrWarmupSteps: 0,
+  lrScheduler: 'constant',
+  lrDecaySteps: 0,
   loraLr: 1e-3,
   loraRank: 64,
   loraAlpha: 108,

@@ -18,7 +18,7 @@ import { clipGradNorm, type NamedGrads } from '../models/optim.ts';
 import type { StepContext } from './context.ts';
 import { need, take } from './context.ts';
 import { stepOperator } from './operator.ts';
-import type { DistillState } from './state.ts';
+import type { DistillConfig, DistillState } from './state.ts';
 import { studentX0 } from './student_forward.ts';
 
 const FLOAT32_MAX = 3.4028234663852886e38;
@@ -56,14 +56,22 @@ export function stepOptimizer(grads: NamedGrads, maxGradNorm: number, apply: (g:
   }
 }
 
-/** diffusers' constant_with_warmup: the factor for the optimiser step about to be taken (0-based). */
-export function warmupFactor(stepsTaken: number, warmupSteps: number): number {
-  return warmupSteps > 0 && stepsTaken < warmupSteps ? stepsTaken / warmupSteps : 1;
+/**
+ * The student's lr factor for the optimiser step about to be taken (0-based), as diffusers'
+ * get_scheduler computes it: linear warm-up, then constant, linear or cosine (half a cycle) decay
+ * reaching 0 at `decaySteps`.
+ */
+export function lrFactor(stepsTaken: number, schedule: { lrWarmupSteps: number; lrScheduler: DistillConfig['lrScheduler']; lrDecaySteps: number }): number {
+  const warmup = schedule.lrWarmupSteps;
+  if (warmup > 0 && stepsTaken < warmup) return stepsTaken / warmup;
+  if (schedule.lrScheduler === 'constant') return 1;
+  const progress = Math.min(1, Math.max(0, (stepsTaken - warmup) / Math.max(1, schedule.lrDecaySteps - warmup)));
+  return schedule.lrScheduler === 'linear' ? 1 - progress : 0.5 * (1 + Math.cos(Math.PI * progress));
 }
 
 /** Sets the student's lr for its next step, then steps. */
 function applyStudent(state: DistillState, grads: NamedGrads): void {
-  state.studentOptimizer.lr = state.config.studentLr * warmupFactor(state.studentOptimizer.step, state.config.lrWarmupSteps);
+  state.studentOptimizer.lr = state.config.studentLr * lrFactor(state.studentOptimizer.step, state.config);
   state.studentOptimizer.apply(grads);
 }
 
