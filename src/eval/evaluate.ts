@@ -21,6 +21,7 @@ import { Scorer } from '../mnist/score.ts';
 import { writeImageGrid } from '../util/png.ts';
 import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { generate, loadPipeline, readNullPrompt, readPromptEmbeddings, type Pipeline, PIXEL_RANGE } from './sampling.ts';
+import { NoiseSchedule } from '../models/schedule.ts';
 
 export const DEFAULT_EMBEDDINGS = fileURLToPath(new URL('../../data/embeddings.parquet', import.meta.url));
 /** CFG scale of the teacher's 25-step baseline when none is given. */
@@ -186,7 +187,9 @@ export async function evaluateModels(o: EvaluateOptions): Promise<EvaluateResult
       teacherGrid = (await readTeacherSamples(o.teacher, gridN, seed)) ?? run(teacher!, 'teacher_ddim25', teacherSteps, w, gridN).images;
     }
     if (doStudent) {
-      const student = await loadPipeline(o.student!, { fallbackSchedule: teacher?.schedule });
+      // A bare student UNet folder (e.g. checkpoint-N/unet) takes the teacher's scheduler, loaded or not.
+      const teacherSchedule = teacher?.schedule ?? (o.teacher ? await NoiseSchedule.load(join(o.teacher, 'scheduler', 'scheduler_config.json')).catch(() => undefined) : undefined);
+      const student = await loadPipeline(o.student!, { fallbackSchedule: teacherSchedule });
       try {
         const one = run(student, 'student_1step', 1, 1);
         report.student_1step = figures(scorer, one.images, promptIndex, one.seconds);
