@@ -38,6 +38,7 @@ interface DistillFlags {
   loraNullPromptProb?: number;
   loraLossWeighting?: 'official' | 'epsilon';
   replicas?: number;
+  studentUpdateEvery?: number;
   maxNonFiniteSteps?: number;
   adamBeta1?: number;
   adamBeta2?: number;
@@ -94,6 +95,7 @@ export function register(program: Command): void {
     .option('--t-max <t>', `largest VSD timestep (official ${d.tMax})`, int(0))
     .addOption(new Option('--lora-loss-weighting <w>', `LoRA teacher loss: official = mse(√ᾱ·ε_φ, √ᾱ·ε′), epsilon = plain mse(ε_φ, ε′) (official ${d.loraLossWeighting})`).choices(['official', 'epsilon']))
     .option('--lora-null-prompt-prob <p>', `null-prompt probability for the LoRA teacher (official ${d.loraNullPromptProb})`, float)
+    .option('--student-update-every <n>', 'the student steps on every n-th optimiser step, the LoRA teacher on every one (DMD2-style two-time-scale update; official 1)', int(1))
     .option('--replicas <n>', 'data-parallel threads (main + n−1 workers), each computing whole micro-batches of a --grad-accum window: use both cores on the single-threaded wasm backend (needs --grad-accum ≥ n; default 1)', int(1))
     .option('--max-non-finite-steps <n>', 'stop after this many non-finite steps in a row', int(1))
     .option('--adam-beta1 <x>', 'Adam beta1', float)

@@ -13,8 +13,8 @@ import type { DistillState } from './state.ts';
 export interface StepRecord {
   step: number;
   micro_step: number;
-  loss_vsd: number;
-  loss_lora: number;
+  loss_vsd: number | null;
+  loss_lora: number | null;
   grad_norm_student: number | null;
   grad_norm_lora: number | null;
   skipped: boolean;
@@ -29,23 +29,29 @@ export interface StepRecord {
 
 /** Folds micro-batches into per-step records; `onRecord` gets one per optimiser step. */
 export function stepRecords(state: DistillState, onRecord: (r: StepRecord) => void, now: () => number = () => performance.now()): MonoTypeOperatorFunction<StepContext> {
-  let vsd = 0;
-  let lora = 0;
-  let count = 0;
+  // Means over the window's micro-batches that report a loss (those computed on replica threads,
+  // and the student's loss on LoRA-only steps, report none).
+  const vsd = { sum: 0, n: 0 };
+  const lora = { sum: 0, n: 0 };
+  const add = (acc: { sum: number; n: number }, v: number | undefined) => {
+    if (v === undefined) return;
+    acc.sum += v;
+    acc.n += 1;
+  };
+  const mean = (acc: { sum: number; n: number }) => (acc.n ? acc.sum / acc.n : null);
   let samples = 0;
   let windowStart = now();
   return tap((ctx: StepContext) => {
-    vsd += ctx.metrics.lossVsd ?? NaN;
-    lora += ctx.metrics.lossLora ?? NaN;
+    add(vsd, ctx.metrics.lossVsd);
+    add(lora, ctx.metrics.lossLora);
     samples += ctx.prompts.length;
-    count += 1;
     if (!ctx.closesWindow) return;
     const t = now();
     onRecord({
       step: ctx.step,
       micro_step: ctx.microStep,
-      loss_vsd: vsd / count,
-      loss_lora: lora / count,
+      loss_vsd: mean(vsd),
+      loss_lora: mean(lora),
       grad_norm_student: ctx.metrics.gradNormStudent ?? null,
       grad_norm_lora: ctx.metrics.gradNormLora ?? null,
       skipped: Boolean(ctx.metrics.skippedStudent || ctx.metrics.skippedLora),
@@ -57,7 +63,7 @@ export function stepRecords(state: DistillState, onRecord: (r: StepRecord) => vo
       rss_mib: Math.round(process.memoryUsage().rss / 2 ** 20),
       time: new Date().toISOString(),
     });
-    vsd = lora = count = samples = 0;
+    vsd.sum = vsd.n = lora.sum = lora.n = samples = 0;
     windowStart = t;
   });
 }

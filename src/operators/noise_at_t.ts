@@ -9,11 +9,12 @@ import { STREAMS } from '../util/rng.ts';
 import type { StepContext } from './context.ts';
 import { need } from './context.ts';
 import { stepOperator } from './operator.ts';
-import type { DistillState } from './state.ts';
+import { updatesStudent, type DistillState } from './state.ts';
 
 export function noiseAtT(state: DistillState): OperatorFunction<StepContext, StepContext> {
   const { tMin, tMax } = state.config;
   return stepOperator((ctx) => {
+    if (!updatesStudent(state.config, ctx.step)) return; // LoRA-only step: no score gradient to form
     const x0 = need(ctx, 'x0', 'noiseAtT');
     const batch = x0.shape[0];
     const timesteps = state.rng.ints(ctx.microStep, STREAMS.timestep, batch, tMin, tMax);

@@ -15,7 +15,7 @@ export function progress(state: DistillState, options: { totalSteps: number; sta
   if (!tty) {
     return stepRecords(state, (r: StepRecord) => {
       if (r.step % logEvery === 0 || r.step === options.totalSteps) {
-        log.info({ step: r.step, of: options.totalSteps, loss_vsd: +r.loss_vsd.toPrecision(4), loss_lora: +r.loss_lora.toPrecision(4), samples_per_s: +r.samples_per_s.toFixed(2) }, 'distill');
+        log.info({ step: r.step, of: options.totalSteps, loss_vsd: r.loss_vsd === null ? null : +r.loss_vsd.toPrecision(4), loss_lora: r.loss_lora === null ? null : +r.loss_lora.toPrecision(4), samples_per_s: +r.samples_per_s.toFixed(2) }, 'distill');
       }
     });
   }
@@ -28,7 +28,7 @@ export function progress(state: DistillState, options: { totalSteps: number; sta
   return pipe(
     stepRecords(state, (r) => {
       const t = performance.now();
-      bar.update(r.step, { rate: (1000 / (t - last)).toFixed(2), vsd: r.loss_vsd.toPrecision(3), lora: r.loss_lora.toPrecision(3) });
+      bar.update(r.step, { rate: (1000 / (t - last)).toFixed(2), vsd: r.loss_vsd?.toPrecision(3) ?? '-', lora: r.loss_lora?.toPrecision(3) ?? '-' });
       last = t;
     }),
     finalize(() => bar.stop()),

@@ -56,6 +56,13 @@ export interface DistillConfig {
    * sequential run's up to float summation order.
    */
   replicas: number;
+  /**
+   * The student steps on every N-th optimiser step only; the LoRA teacher on every one (DMD2's
+   * two-time-scale update, `dfake_gen_update_ratio`): the LoRA teacher tracks the student with N
+   * times the updates, and the steps in between skip the teacher passes and the student's backward.
+   * 1 = official (both every step). The first student step is step N−1.
+   */
+  studentUpdateEvery: number;
   /** Stop after this many consecutive windows with a non-finite loss or gradient. */
   maxNonFiniteSteps: number;
   adamBeta1: number;
@@ -84,6 +91,7 @@ export const OFFICIAL_DEFAULTS: DistillConfig = {
   loraLossWeighting: 'official',
   loraNullPromptProb: 0.1,
   replicas: 1,
+  studentUpdateEvery: 1,
   maxNonFiniteSteps: 10,
   adamBeta1: 0.9,
   adamBeta2: 0.999,
@@ -231,4 +239,9 @@ export async function readTrainingState(state: DistillState, dir: string): Promi
   state.loraOptimizer.loadState(json.lora_optimizer_step, await weights('optimizer_lora.safetensors'), join(dir, 'optimizer_lora.safetensors'));
   Object.assign(state.counters, json.counters);
   return { step: json.step, microStep: json.microStep, counters: json.counters };
+}
+
+/** Whether optimiser step `step` (0-based: the steps completed before it) updates the student. */
+export function updatesStudent(config: Pick<DistillConfig, 'studentUpdateEvery'>, step: number): boolean {
+  return (step + 1) % config.studentUpdateEvery === 0;
 }

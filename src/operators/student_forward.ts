@@ -1,7 +1,8 @@
 /**
  * studentForward: x̂0 = f_θ(z, y), the one-step generator.
  *
- * Reads `promptEmbeds` (kept). Adds `latents` z ~ N(0, I) (seeded by microStep) and `x0`, computed
+ * Reads `promptEmbeds` (kept). Adds `latents` z ~ N(0, I) (seeded by microStep; only on steps that
+ * update the student, see `studentUpdateEvery`) and `x0`, computed
  * WITHOUT a gradient tape: tfjs' tape cannot span operators, so vsdUpdate recomputes f_θ(z, y)
  * under its own tape once the score gradient is known (see README, "How the student's gradient
  * crosses the operator boundary").
@@ -11,9 +12,9 @@ import { tf } from '../tf.ts';
 import type { Tensor3D, Tensor4D } from '../tf.ts';
 import { STREAMS } from '../util/rng.ts';
 import type { StepContext } from './context.ts';
-import { need } from './context.ts';
+import { need, take } from './context.ts';
 import { stepOperator } from './operator.ts';
-import type { DistillState } from './state.ts';
+import { updatesStudent, type DistillState } from './state.ts';
 
 /** f_θ(z, y): the UNet's prediction at the last train timestep T−1, turned into x0 (ε or v form). */
 export function studentX0(state: DistillState, latents: Tensor4D, promptEmbeds: Tensor3D): Tensor4D {
@@ -34,7 +35,8 @@ export function studentForward(state: DistillState): OperatorFunction<StepContex
   return stepOperator((ctx) => {
     const y = need(ctx, 'promptEmbeds', 'studentForward');
     const z = state.rng.normal(ctx.microStep, STREAMS.latent, [y.shape[0], ...latentShape(state)]) as Tensor4D;
-    ctx.tensors.latents = z;
+    ctx.tensors.latents = z; // owned by the context at once, so a failing forward frees it too
     ctx.tensors.x0 = studentX0(state, z, y);
+    if (!updatesStudent(state.config, ctx.step)) take(ctx, 'latents', 'studentForward').dispose(); // LoRA-only step: no recomputed f_θ(z, y)
   });
 }

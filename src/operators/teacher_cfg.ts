@@ -14,7 +14,7 @@ import type { Tensor3D, Tensor4D } from '../tf.ts';
 import type { StepContext } from './context.ts';
 import { need, take } from './context.ts';
 import { stepOperator } from './operator.ts';
-import type { DistillState } from './state.ts';
+import { updatesStudent, type DistillState } from './state.ts';
 
 /** Guided ε of the teacher with LoRA on or off, on (x_t, t, y) and (x_t, t, y0) in one pass. */
 export function guidedEpsilon(state: DistillState, loraEnabled: boolean, xt: Tensor4D, timesteps: number[], y: Tensor3D, w: number): Tensor4D {
@@ -32,6 +32,7 @@ export function guidedEpsilon(state: DistillState, loraEnabled: boolean, xt: Ten
 
 export function teacherCFG(state: DistillState): OperatorFunction<StepContext, StepContext> {
   return stepOperator((ctx) => {
+    if (!updatesStudent(state.config, ctx.step)) return; // LoRA-only step
     const xt = take(ctx, 'noisyX0', 'teacherCFG');
     const noise = take(ctx, 'noise', 'teacherCFG');
     try {

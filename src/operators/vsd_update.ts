@@ -18,7 +18,7 @@ import { clipGradNorm, type NamedGrads } from '../models/optim.ts';
 import type { StepContext } from './context.ts';
 import { need, take } from './context.ts';
 import { stepOperator } from './operator.ts';
-import type { DistillConfig, DistillState } from './state.ts';
+import { updatesStudent, type DistillConfig, type DistillState } from './state.ts';
 import { studentX0 } from './student_forward.ts';
 
 const FLOAT32_MAX = 3.4028234663852886e38;
@@ -82,6 +82,10 @@ export function vsdUpdate(state: DistillState): OperatorFunction<StepContext, St
     stepOptimizer(state.studentGrads.take(), state.config.maxGradNorm, (g) => applyStudent(state, g));
   };
   return stepOperator((ctx) => {
+    if (!updatesStudent(state.config, ctx.step)) {
+      if (ctx.closesWindow) state.replicas?.collectInto(state); // the replicas' LoRA gradients
+      return;
+    }
     const epsTeacher = take(ctx, 'epsTeacher', 'vsdUpdate');
     const epsLora = take(ctx, 'epsLora', 'vsdUpdate');
     const z = take(ctx, 'latents', 'vsdUpdate');

@@ -77,9 +77,12 @@ async function main(): Promise<void> {
       });
       if (failure) throw failure;
       if (!finished) throw new Error('the step produced no result');
-      const student = state.studentGrads.take();
+      const student = state.studentGrads.take(); // empty on a LoRA-only step (studentUpdateEvery)
       const lora = state.loraGrads.take();
-      packInto(new Float32Array(init.slot.grads), [...student.values(), ...lora.values()]);
+      const grads = new Float32Array(init.slot.grads);
+      const studentFloats = init.layout.slice(0, init.studentCount).reduce((a, l) => a + l.size, 0);
+      if (student.size) packInto(grads.subarray(0, studentFloats), [...student.values()]);
+      packInto(grads.subarray(studentFloats), [...lora.values()]);
       tf.dispose([...student.values(), ...lora.values()]);
       const losses = new Float64Array(init.slot.losses);
       losses[0] = (finished as StepContext).metrics.lossVsd ?? NaN;

@@ -17,7 +17,7 @@ import { Worker } from 'node:worker_threads';
 import { tf } from '../tf.ts';
 import type { Tensor } from '../tf.ts';
 import type { NamedGrads } from '../models/optim.ts';
-import type { DistillConfig, DistillState } from '../operators/state.ts';
+import { updatesStudent, type DistillConfig, type DistillState } from '../operators/state.ts';
 
 /** Slot states (Int32 in shared memory). */
 export const SLOT = { idle: 0, job: 1, done: 2, failed: 3, stop: 4 } as const;
@@ -203,9 +203,9 @@ export class ReplicaPool {
       if (s === SLOT.failed) throw new Error(`replica ${index + 1} failed on micro-batch ${slot.busyWith}: ${readError(slot.buffers.error)}`);
       Atomics.wait(slot.control, CTRL.state, s, 60_000);
     }
-    const tensors = unpack(slot.grads, this.shapes);
-    state.studentGrads.addOwned(named(this.studentNames, tensors.slice(0, this.studentCount)), 1);
-    state.loraGrads.addOwned(named(this.loraNames, tensors.slice(this.studentCount)), 1);
+    const step = Math.floor(slot.busyWith! / state.config.gradAccum);
+    if (updatesStudent(state.config, step)) state.studentGrads.addOwned(named(this.studentNames, unpack(slot.grads, this.shapes, 0, this.studentCount)), 1);
+    state.loraGrads.addOwned(named(this.loraNames, unpack(slot.grads, this.shapes, this.studentCount, this.shapes.length - this.studentCount)), 1);
     slot.busyWith = null;
     Atomics.store(slot.control, CTRL.state, SLOT.idle);
   }
