@@ -75,14 +75,14 @@ export interface EvaluateResult {
   grid?: string;
 }
 
-interface Conditions {
+export interface Conditions {
   embeds: Float32Array;
   shape: [number, number];
   nullEmbed: Float32Array;
 }
 
 /** The 90 prompts' embeddings in PROMPTS order (rows matched by text) and the null prompt. */
-async function mnistConditions(file: string): Promise<Conditions> {
+export async function mnistConditions(file: string): Promise<Conditions> {
   const { prompts, embeds, shape } = await readPromptEmbeddings(file);
   const per = shape[0] * shape[1];
   const out = new Float32Array(NUM_PROMPTS * per);

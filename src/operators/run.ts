@@ -39,8 +39,8 @@ export interface DistillRunOptions {
   /** Export the raw student weights instead of the EMA's. */
   exportRawWeights?: boolean;
   stopRequested?: () => boolean;
-  /** Extra operators after the built-in ones. */
-  operators?: OperatorFunction<StepContext, StepContext>[];
+  /** Extra operators after the built-in ones, given the run's state (built before the stream starts). */
+  operators?: (state: DistillState) => OperatorFunction<StepContext, StepContext>[];
   tty?: boolean;
 }
 
@@ -116,7 +116,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
         checkpoint(state, { out: o.out, every: o.checkpointEvery ?? 500, keep: o.checkpointsTotalLimit ?? 3, force: isLast }),
         metricsJsonl(state, join(o.out, 'metrics.jsonl')),
         progress(state, { totalSteps: o.steps, startStep, tty: o.tty }),
-        ...(o.operators ?? []),
+        ...(o.operators?.(state) ?? []),
       );
       const steps$ = distill(state, {
         firstMicroStep,
