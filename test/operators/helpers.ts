@@ -3,11 +3,13 @@ import { mkdtemp, mkdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { initBackend } from '../../src/backend.ts';
 import { UNet2DConditionModel } from '../../src/models/unet_2d_condition.ts';
 import { readNullEmbedding } from '../../src/streams/reader.ts';
 import { createDistillState, OFFICIAL_DEFAULTS, type DistillConfig, type DistillState } from '../../src/operators/state.ts';
 import { tf } from '../../src/tf.ts';
+import { readSafetensors } from '../../src/models/safetensors.ts';
 import { TEACHER_SCHEDULER_CONFIG } from '../../src/mnist/teacher.ts';
 
 export const EMBEDDINGS = fileURLToPath(new URL('../../data/embeddings.parquet', import.meta.url));
@@ -62,4 +64,32 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
   return m;
+}
+
+/** The exported student (diffusers keys) and LoRA (PEFT keys) weights of a finished run folder. */
+export async function exportedWeights(dir: string): Promise<Map<string, Float32Array>> {
+  const student = (await readSafetensors(join(dir, 'student', 'unet', 'diffusion_pytorch_model.safetensors'))).tensors;
+  const lora = (await readSafetensors(join(dir, 'lora', 'adapter_model.safetensors'))).tensors;
+  return new Map([...[...student].map(([k, v]) => [`student/${k}`, v.data as Float32Array] as const), ...[...lora].map(([k, v]) => [`lora/${k}`, v.data as Float32Array] as const)]);
+}
+
+export const BIN = fileURLToPath(new URL('../../bin/swiftbrush.mjs', import.meta.url));
+
+/** argv of a small `swiftbrush distill` on wasm (tiny LoRA, large student lr); later flags in `extra` win. */
+export function tinyDistillArgs(teacher: string, out: string, extra: string[] = []): string[] {
+  return [BIN, 'distill', '--backend', 'wasm', '--teacher', teacher, '--embeddings', EMBEDDINGS, '--out', out, '--batch-size', '2', '--validation-every', '0', '--lora-rank', '2', '--lora-alpha', '4', '--student-lr', '1e-3', '--ema-decay', '0.9', ...extra];
+}
+
+/** Runs the CLI in a child process (warnings and errors only on stderr). */
+export function runCli(argv: string[]): SpawnSyncReturns<string> {
+  return spawnSync(process.execPath, argv, { encoding: 'utf8', env: { ...process.env, SWIFTBRUSH_LOG_LEVEL: 'warn' } });
+}
+
+/** Largest element difference between two weight maps with the same keys (throws if the keys differ). */
+export function worstWeightDiff(a: Map<string, Float32Array>, b: Map<string, Float32Array>): number {
+  const keys = (m: Map<string, Float32Array>) => [...m.keys()].sort().join('\n');
+  if (keys(a) !== keys(b)) throw new Error('the two runs exported different weight names');
+  let worst = 0;
+  for (const [k, v] of a) worst = Math.max(worst, maxAbsDiff(v, b.get(k)!));
+  return worst;
 }

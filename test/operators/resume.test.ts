@@ -3,31 +3,22 @@
  * same weights as a run never killed; no checkpoint folder is ever half-written.
  */
 import { describe, expect, it, beforeAll } from 'vitest';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { readSafetensors } from '../../src/models/safetensors.ts';
-import { EMBEDDINGS, makeTinyTeacher, maxAbsDiff } from './helpers.ts';
-
-const BIN = fileURLToPath(new URL('../../bin/swiftbrush.mjs', import.meta.url));
+import { makeTinyTeacher, exportedWeights, worstWeightDiff, runCli, tinyDistillArgs } from './helpers.ts';
 
 function args(teacher: string, out: string, extra: string[] = []) {
-  return [BIN, 'distill', '--backend', 'wasm', '--teacher', teacher, '--embeddings', EMBEDDINGS, '--out', out, '--steps', '6', '--batch-size', '2', '--grad-accum', '2', '--seed', '5', '--checkpoint-every', '1', '--validation-every', '0', '--lora-rank', '2', '--lora-alpha', '4', '--student-lr', '1e-3', '--ema-decay', '0.9', ...extra];
+  return tinyDistillArgs(teacher, out, ['--steps', '6', '--grad-accum', '2', '--seed', '5', '--checkpoint-every', '1', ...extra]);
 }
 
 function runToEnd(argv: string[]) {
-  const r = spawnSync(process.execPath, argv, { encoding: 'utf8', env: { ...process.env, SWIFTBRUSH_LOG_LEVEL: 'warn' } });
+  const r = runCli(argv);
   if (r.status !== 0) throw new Error(`distill failed (${r.status}): ${r.stderr}`);
 }
 
-async function weights(dir: string) {
-  const student = (await readSafetensors(join(dir, 'student', 'unet', 'diffusion_pytorch_model.safetensors'))).tensors;
-  const lora = (await readSafetensors(join(dir, 'lora', 'adapter_model.safetensors'))).tensors;
-  return new Map([...[...student].map(([k, v]) => [`student/${k}`, v.data as Float32Array] as const), ...[...lora].map(([k, v]) => [`lora/${k}`, v.data as Float32Array] as const)]);
-}
 
 describe('kill -9 and --resume', () => {
   let teacher: string;
@@ -56,11 +47,8 @@ describe('kill -9 and --resume', () => {
     }
 
     runToEnd(args(teacher, killed, ['--resume']));
-    const a = await weights(straight);
-    const b = await weights(killed);
-    expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
-    let worst = 0;
-    for (const [k, v] of a) worst = Math.max(worst, maxAbsDiff(v, b.get(k)!));
-    expect(worst).toBeLessThanOrEqual(1e-6);
+    const a = await exportedWeights(straight);
+    const b = await exportedWeights(killed);
+    expect(worstWeightDiff(a, b)).toBeLessThanOrEqual(1e-6);
   });
 });
