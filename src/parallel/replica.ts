@@ -84,9 +84,6 @@ async function main(): Promise<void> {
       if (student.size) packInto(grads.subarray(0, studentFloats), [...student.values()]);
       packInto(grads.subarray(studentFloats), [...lora.values()]);
       tf.dispose([...student.values(), ...lora.values()]);
-      const losses = new Float64Array(init.slot.losses);
-      losses[0] = (finished as StepContext).metrics.lossVsd ?? NaN;
-      losses[1] = (finished as StepContext).metrics.lossLora ?? NaN;
       Atomics.store(control, CTRL.state, SLOT.done);
     } catch (err) {
       writeError(init.slot.error, err instanceof Error ? err.stack ?? err.message : String(err));

@@ -11,7 +11,8 @@
  * order of a floating-point sum).
  *
  * Everything crosses threads through SharedArrayBuffers and Atomics, synchronously: the operators
- * stay synchronous maps, and a replica's gradients are read as soon as it has written them.
+ * stay synchronous maps, and a replica's gradients are read as soon as it has written them. The
+ * losses in metrics.jsonl are those of the main thread's micro-batches.
  */
 import { Worker } from 'node:worker_threads';
 import { tf } from '../tf.ts';
@@ -22,7 +23,7 @@ import { updatesStudent, type DistillConfig, type DistillState } from '../operat
 /** Slot states (Int32 in shared memory). */
 export const SLOT = { idle: 0, job: 1, done: 2, failed: 3, stop: 4 } as const;
 /** Slot control words. */
-export const CTRL = { state: 0, microStep: 1, batchSize: 2, weightsVersion: 3, size: 4 } as const;
+export const CTRL = { state: 0, microStep: 1, batchSize: 2, size: 3 } as const;
 const ERROR_BYTES = 4096;
 
 /** What a replica needs to build its own copy of the distillation state. */
@@ -45,7 +46,6 @@ export interface ReplicaSlotBuffers {
   control: SharedArrayBuffer;
   embeds: SharedArrayBuffer;
   grads: SharedArrayBuffer;
-  losses: SharedArrayBuffer;
   error: SharedArrayBuffer;
 }
 
@@ -62,7 +62,6 @@ function slotBuffers(total: number, maxEmbeds: number): ReplicaSlotBuffers {
     control: new SharedArrayBuffer(CTRL.size * 4),
     embeds: new SharedArrayBuffer(maxEmbeds * 4),
     grads: new SharedArrayBuffer(total * 4),
-    losses: new SharedArrayBuffer(2 * 8),
     error: new SharedArrayBuffer(ERROR_BYTES),
   };
 }
@@ -110,7 +109,6 @@ interface Slot {
   control: Int32Array;
   embeds: Float32Array;
   grads: Float32Array;
-  losses: Float64Array;
   busyWith: number | null;
 }
 
@@ -148,7 +146,7 @@ export class ReplicaPool {
         const buffers = slotBuffers(total, options.maxBatch * L * D);
         const init: ReplicaInit = { backend: options.backend, teacherDir: options.teacherDir, nullEmbeds: nullEmbeds.slice(), embedShape: [L, D], config: state.config, layout, studentCount, maxBatch: options.maxBatch, weights, weightsVersion, slot: buffers };
         const worker = new Worker(new URL('./replica_worker.mjs', import.meta.url), { workerData: init, execArgv: [] });
-        slots.push({ worker, buffers, control: new Int32Array(buffers.control), embeds: new Float32Array(buffers.embeds), grads: new Float32Array(buffers.grads), losses: new Float64Array(buffers.losses), busyWith: null });
+        slots.push({ worker, buffers, control: new Int32Array(buffers.control), embeds: new Float32Array(buffers.embeds), grads: new Float32Array(buffers.grads), busyWith: null });
       }
       await Promise.all(slots.map((s, i) => whenReady(s.worker, i)));
     } catch (err) {
