@@ -13,7 +13,7 @@ import type { Command } from 'commander';
 import { initBackend } from '../backend.ts';
 import { runDistillation } from '../operators/run.ts';
 import type { DistillConfig } from '../operators/state.ts';
-import { DEFAULT_TEACHER_GUIDANCE, evaluateModels, markdownTable, mnistConditions } from '../eval/evaluate.ts';
+import { DEFAULT_TEACHER_GUIDANCE, evaluateModels, markdownTable, mnistConditions, type Conditions } from '../eval/evaluate.ts';
 import { generate, loadPipeline } from '../eval/sampling.ts';
 import { NUM_PROMPTS } from '../mnist/prompts.ts';
 import { keepBestStudent, type Validated } from '../eval/keep_best_student.ts';
@@ -72,10 +72,9 @@ export function defaultReplicas(backend: string, gradAccum: number): number {
 const TEACHER_SPEED_SAMPLES = 8;
 
 /** The teacher's 25-step CFG sampling speed on this backend (a few samples), beside the student's. */
-async function samplingSpeedHere(backend: string, studentSamplesPerS: number | undefined) {
+async function samplingSpeedHere(backend: string, cond: Conditions, studentSamplesPerS: number | undefined) {
   const teacher = await loadPipeline(DEFAULT_TEACHER);
   try {
-    const cond = await mnistConditions(DEFAULT_EMBEDDINGS);
     const promptIndex = Int32Array.from({ length: TEACHER_SPEED_SAMPLES }, (_, i) => (i * 11) % NUM_PROMPTS);
     const run = generate({ unet: teacher.unet, schedule: teacher.schedule, embeds: cond.embeds, embedShape: cond.shape, nullEmbed: cond.nullEmbed, promptIndex, steps: 25, guidanceScale: DEFAULT_TEACHER_GUIDANCE, seed: 0, batchSize: TEACHER_SPEED_SAMPLES, warmup: true });
     const teacherRate = TEACHER_SPEED_SAMPLES / run.seconds;
@@ -111,9 +110,8 @@ export function register(program: Command): void {
       const scorer = await Scorer.create();
       const conditions = await mnistConditions(DEFAULT_EMBEDDINGS);
       const bestDir = join(o.out, 'best');
-      let result;
       try {
-        result = await runDistillation({
+        const result = await runDistillation({
           teacher: DEFAULT_TEACHER,
           embeddings: DEFAULT_EMBEDDINGS,
           out: o.out,
@@ -126,27 +124,25 @@ export function register(program: Command): void {
           stopRequested: () => stop || overBudget(),
           operators: (state) => [keepBestStudent(state, { out: bestDir, every: DEFAULT_RUN.validateEvery, n: DEFAULT_RUN.validationN, seed: DEFAULT_RUN.validationSeed, conditions, scorer })],
         });
-      } catch (err) {
+        if (result.stoppedEarly) log.warn({ step: result.step, of: o.steps, maxMinutes: o.maxMinutes }, 'distillation stopped before its last step (time budget or signal); `npx swiftbrush default --resume` continues it');
+        const distillSeconds = (performance.now() - t0) / 1000;
+        // The best validated student (kept beside the last one, `student/`), as a pipeline folder.
+        const best = existsSync(join(bestDir, 'unet', 'config.json')) ? JSON.parse(await readFile(join(bestDir, 'best.json'), 'utf8')) as Validated : null;
+        if (best) await cp(join(DEFAULT_TEACHER, 'scheduler'), join(bestDir, 'scheduler'), { recursive: true });
+        const evaluated = best ? bestDir : result.studentDir;
+        log.info({ student: evaluated, step: best?.step ?? result.step, validationFd: best?.fd }, 'evaluating the best validated student');
+        const evaluation = await evaluateModels({ teacher: DEFAULT_TEACHER, student: evaluated, n: o.n, embeddings: DEFAULT_EMBEDDINGS, gridPath: join(o.out, 'grid.png'), only: undefined, scorer });
+        await writeJsonAtomic(join(o.out, 'eval.json'), evaluation.report);
+        // The cached teacher figures may come from another backend: time its 25-step sampling here too.
+        const speed = await samplingSpeedHere(backend.backend, conditions, evaluation.report.student_1step?.samples_per_s);
+        await writeJsonAtomic(join(o.out, 'sampling_speed.json'), speed);
+        const totalSeconds = (performance.now() - t0) / 1000;
+        process.stdout.write(`\n${markdownTable(evaluation.report)}\n\n`);
+        if (speed.ratio !== null) process.stdout.write(`same backend (${speed.backend}): student 1 step ${speed.student_samples_per_s!.toFixed(2)} samples/s, teacher DDIM 25 + CFG ${speed.teacher_ddim25_samples_per_s.toFixed(2)} samples/s (${TEACHER_SPEED_SAMPLES} samples): ${speed.ratio.toFixed(1)}x\n`);
+        process.stdout.write(`distillation: ${result.step}/${o.steps} steps in ${(distillSeconds / 60).toFixed(1)} min; with evaluation ${(totalSeconds / 60).toFixed(1)} min (${backend.backend})\n`);
+        process.stdout.write(`grid: ${evaluation.grid ?? join(o.out, 'grid.png')}\nstudent (best validated, step ${best?.step ?? result.step}): ${evaluated}\nlast student: ${result.studentDir}\nvalidations: ${join(bestDir, 'validation.jsonl')}\nmetrics: ${join(o.out, 'metrics.jsonl')}\n`);
+      } finally {
         scorer.dispose();
-        throw err;
       }
-      if (result.stoppedEarly) log.warn({ step: result.step, of: o.steps, maxMinutes: o.maxMinutes }, 'distillation stopped before its last step (time budget or signal); `npx swiftbrush default --resume` continues it');
-      const distillSeconds = (performance.now() - t0) / 1000;
-      // The best validated student (kept beside the last one, `student/`), as a pipeline folder.
-      const best = existsSync(join(bestDir, 'unet', 'config.json')) ? JSON.parse(await readFile(join(bestDir, 'best.json'), 'utf8')) as Validated : null;
-      if (best) await cp(join(DEFAULT_TEACHER, 'scheduler'), join(bestDir, 'scheduler'), { recursive: true });
-      const evaluated = best ? bestDir : result.studentDir;
-      log.info({ student: evaluated, step: best?.step ?? result.step, validationFd: best?.fd }, 'evaluating the best validated student');
-      const evaluation = await evaluateModels({ teacher: DEFAULT_TEACHER, student: evaluated, n: o.n, embeddings: DEFAULT_EMBEDDINGS, gridPath: join(o.out, 'grid.png'), only: undefined, scorer });
-      scorer.dispose();
-      await writeJsonAtomic(join(o.out, 'eval.json'), evaluation.report);
-      // The cached teacher figures may come from another backend: time its 25-step sampling here too.
-      const speed = await samplingSpeedHere(backend.backend, evaluation.report.student_1step?.samples_per_s);
-      await writeJsonAtomic(join(o.out, 'sampling_speed.json'), speed);
-      const totalSeconds = (performance.now() - t0) / 1000;
-      process.stdout.write(`\n${markdownTable(evaluation.report)}\n\n`);
-      if (speed.ratio !== null) process.stdout.write(`same backend (${speed.backend}): student 1 step ${speed.student_samples_per_s!.toFixed(2)} samples/s, teacher DDIM 25 + CFG ${speed.teacher_ddim25_samples_per_s.toFixed(2)} samples/s (${TEACHER_SPEED_SAMPLES} samples): ${speed.ratio.toFixed(1)}x\n`);
-      process.stdout.write(`distillation: ${result.step}/${o.steps} steps in ${(distillSeconds / 60).toFixed(1)} min; with evaluation ${(totalSeconds / 60).toFixed(1)} min (${backend.backend})\n`);
-      process.stdout.write(`grid: ${evaluation.grid ?? join(o.out, 'grid.png')}\nstudent (best validated, step ${best?.step ?? result.step}): ${evaluated}\nlast student: ${result.studentDir}\nvalidations: ${join(bestDir, 'validation.jsonl')}\nmetrics: ${join(o.out, 'metrics.jsonl')}\n`);
     });
 }

@@ -22,6 +22,7 @@ import { writeImageGrid } from '../util/png.ts';
 import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { generate, loadPipeline, readNullPrompt, readPromptEmbeddings, type Pipeline, PIXEL_RANGE } from './sampling.ts';
 import { NoiseSchedule } from '../models/schedule.ts';
+import { resolveTeacherDirs } from '../operators/state.ts';
 
 export const DEFAULT_EMBEDDINGS = fileURLToPath(new URL('../../data/embeddings.parquet', import.meta.url));
 /** CFG scale of the teacher's 25-step baseline when none is given. */
@@ -188,7 +189,7 @@ export async function evaluateModels(o: EvaluateOptions): Promise<EvaluateResult
     }
     if (doStudent) {
       // A bare student UNet folder (e.g. checkpoint-N/unet) takes the teacher's scheduler, loaded or not.
-      const teacherSchedule = teacher?.schedule ?? (o.teacher ? await NoiseSchedule.load(join(o.teacher, 'scheduler', 'scheduler_config.json')).catch(() => undefined) : undefined);
+      const teacherSchedule = teacher?.schedule ?? (await resolveTeacherDirs(o.teacher).then((d) => NoiseSchedule.load(join(d.scheduler, 'scheduler_config.json'))).catch(() => undefined));
       const student = await loadPipeline(o.student!, { fallbackSchedule: teacherSchedule });
       try {
         const one = run(student, 'student_1step', 1, 1);

@@ -126,6 +126,28 @@ function pulledSource(first: number, n: number, prefetch: number, demand: Observ
   });
 }
 
+/**
+ * Runs micro-batches first … first+n−1 through the real `distill` stream of `state`, pushing the
+ * seconds between consecutive optimiser steps (contexts that close a window) into `times`.
+ */
+async function timedStream(state: DistillState, first: number, n: number, make: (i: number) => EmbeddingBatch, times: number[] | null): Promise<void> {
+  let last = performance.now();
+  await lastValueFrom(
+    distill(state, {
+      firstMicroStep: first,
+      batches: (demand) => pulledSource(first, n, 2, demand, make),
+      operators: [
+        tap((ctx) => {
+          if (!ctx.closesWindow) return;
+          const now = performance.now();
+          times?.push((now - last) / 1000);
+          last = now;
+        }),
+      ],
+    }),
+  );
+}
+
 /** Wraps a synchronous operator with a timer (the operators do their work inside `next`). */
 function timedOperator(name: string, op: OperatorFunction<StepContext, StepContext>, times: Map<string, number[]>): OperatorFunction<StepContext, StepContext> {
   let t0 = 0;
@@ -247,23 +269,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       const dpTimes: number[] = [];
       const dpRound = async (n: number, record: boolean) => {
         if (!dpState) return;
-        const dp = dpState;
-        let last = performance.now();
-        const first = dpMicro;
-        await lastValueFrom(
-          distill(dp, {
-            firstMicroStep: first,
-            batches: (d) => pulledSource(first, n * R, 2, d, (i) => syntheticBatch(i, o.batchSize / R, L, D)),
-            operators: [
-              tap((ctx) => {
-                if (!ctx.closesWindow) return;
-                const now = performance.now();
-                if (record) dpTimes.push((now - last) / 1000);
-                last = now;
-              }),
-            ],
-          }),
-        );
+        await timedStream(dpState, dpMicro, n * R, (i) => syntheticBatch(i, o.batchSize / R, L, D), record ? dpTimes : null);
         dpMicro += n * R;
       };
       const streamTimes: number[] = [];
@@ -271,23 +277,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       const opTimes = new Map<string, number[]>();
 
       const streamRound = async (n: number, record: boolean) => {
-        let last = performance.now();
-        const demand = new Subject<void>();
-        const first = micro;
-        await lastValueFrom(
-          distill(state, {
-            firstMicroStep: first,
-            batches: (d) => pulledSource(first, n, 2, d, make),
-            operators: [
-              tap(() => {
-                const now = performance.now();
-                if (record) streamTimes.push((now - last) / 1000);
-                last = now;
-              }),
-            ],
-          }),
-        );
-        demand.complete();
+        await timedStream(state, micro, n, make, record ? streamTimes : null);
         micro += n;
       };
       const fusedRound = (n: number, record: boolean) => {

@@ -50,10 +50,14 @@ async function main(): Promise<void> {
 
   let loadedVersion = -1;
   for (;;) {
-    Atomics.wait(control, CTRL.state, SLOT.idle);
     const s = Atomics.load(control, CTRL.state);
     if (s === SLOT.stop) break;
-    if (s !== SLOT.job) continue;
+    if (s !== SLOT.job) {
+      // Sleep until the state word changes (idle → job, or done/failed → idle once the main thread
+      // has read the result); waiting only on 'idle' would spin a core while 'done' is unread.
+      Atomics.wait(control, CTRL.state, s);
+      continue;
+    }
     try {
       const published = Atomics.load(version, 0);
       if (published !== loadedVersion) {
