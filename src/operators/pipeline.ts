@@ -31,20 +31,22 @@ export function swiftbrushStep(state: DistillState): OperatorFunction<StepContex
 
 /**
  * Turns embedding batches into step contexts: uploads `promptEmbeds` and numbers the micro-batch.
- * `firstMicroStep` continues the count after a resume.
+ * `firstMicroStep` and `firstStep` continue both counts after a resume; windows are counted from
+ * there, so a run resumed with another `gradAccum` keeps its optimiser-step numbering.
  */
-export function toStepContext(gradAccum: number, firstMicroStep = 0): OperatorFunction<EmbeddingBatch, StepContext> {
+export function toStepContext(gradAccum: number, firstMicroStep = 0, firstStep = Math.floor(firstMicroStep / gradAccum)): OperatorFunction<EmbeddingBatch, StepContext> {
   return (source) =>
     defer(() => {
       let microStep = firstMicroStep;
       return source.pipe(
         map((batch): StepContext => {
           const m = microStep++;
+          const sinceStart = m - firstMicroStep;
           return {
             microStep: m,
-            step: Math.floor(m / gradAccum),
-            windowIndex: m % gradAccum,
-            closesWindow: m % gradAccum === gradAccum - 1,
+            step: firstStep + Math.floor(sinceStart / gradAccum),
+            windowIndex: sinceStart % gradAccum,
+            closesWindow: sinceStart % gradAccum === gradAccum - 1,
             prompts: batch.prompts,
             position: batch.position,
             tensors: { promptEmbeds: tf.tensor3d(batch.embeds, batch.shape) },
@@ -60,6 +62,8 @@ export interface DistillStreamOptions {
   batches: (demand: Observable<unknown>) => Observable<EmbeddingBatch>;
   /** Micro-batch index to start from (resume). */
   firstMicroStep?: number;
+  /** Optimiser step to start from (resume; default firstMicroStep / gradAccum). */
+  firstStep?: number;
   /** Operators after the SwiftBrush step (checkpoint, validation, metrics, progress, your own). */
   operators?: OperatorFunction<StepContext, StepContext>[];
   scheduler?: SchedulerLike;
@@ -129,7 +133,7 @@ export function distill(state: DistillState, options: DistillStreamOptions): Obs
     };
     return options.batches(demand).pipe(
       oneAtATime(left, () => demand.next()),
-      toStepContext(state.config.gradAccum, options.firstMicroStep ?? 0),
+      toStepContext(state.config.gradAccum, options.firstMicroStep ?? 0, options.firstStep),
       map(tracked),
       swiftbrushStep(state),
       (source) => extra.reduce((acc, op) => op(acc), source),

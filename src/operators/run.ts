@@ -120,6 +120,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
       );
       const steps$ = distill(state, {
         firstMicroStep,
+        firstStep: startStep,
         operators,
         batches: (demand) =>
           embeddingBatches({ files, batchSize: config.batchSize, shuffle: o.shuffle ?? true, shuffleBuffer: o.shuffleBuffer, seed: config.seed, epochs: Infinity, startBatch: firstMicroStep, prefetch: o.prefetch ?? 2, demand }),

@@ -80,6 +80,25 @@ describe('accumulation windows', () => {
     }
   });
 
+  it('a resume with another gradAccum keeps the checkpoint\'s step count and starts a fresh window', () => {
+    // Checkpoint at step 200 after 400 micro-batches of gradAccum 2, resumed with gradAccum 4.
+    const contexts = from([0, 1, 2, 3, 4].map((i) => fakeBatch(i))).pipe(
+      toStepContext(4, 400, 200),
+      map((ctx) => {
+        tf.dispose(Object.values(ctx.tensors));
+        return [ctx.microStep, ctx.step, ctx.windowIndex, ctx.closesWindow];
+      }),
+      toArray(),
+    );
+    return expect(lastValueFrom(contexts)).resolves.toEqual([
+      [400, 200, 0, false],
+      [401, 200, 1, false],
+      [402, 200, 2, false],
+      [403, 200, 3, true],
+      [404, 201, 0, false],
+    ]);
+  });
+
   it('a partial last window is flushed when the stream completes (as accelerate does)', async () => {
     state = await makeState(teacher, testConfig({ gradAccum: 2 }));
     try {
