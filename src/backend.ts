@@ -6,6 +6,7 @@
 import { tf } from './tf.ts';
 import { registerConvGradients } from './models/conv_grad.ts';
 import { registerMatMulGradient } from './models/matmul_grad.ts';
+import { registerNativeKernelShortcuts } from './native_kernels.ts';
 
 export const BACKEND_NAMES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKEND_NAMES)[number];
@@ -34,6 +35,7 @@ async function tryNative(pkg: string, wantGpu: boolean): Promise<string | null> 
     const binding = (tf.backend() as unknown as { binding?: { isUsingGpuDevice?: () => boolean } }).binding;
     if (!binding?.isUsingGpuDevice?.()) return `${pkg} loaded but sees no GPU`;
   }
+  registerNativeKernelShortcuts();
   return null;
 }
 

@@ -102,6 +102,29 @@ describe('native tensorflow backend (tfjs-node)', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
+  it('replaces Reshape and Cast with cheaper kernels that give the same tensors and free their data', async (t) => {
+    t.skip(notInstalled !== undefined, notInstalled);
+    await tf.setBackend('tensorflow');
+    expect(tf.getKernel('Reshape', 'tensorflow')!.kernelFunc.toString()).toContain('shapeTensor'); // ours, not tfjs-node's
+    const before = tf.memory();
+    tf.tidy(() => {
+      const x = tf.range(0, 24, 1, 'float32');
+      for (let i = 0; i < 2; i++) {
+        // the second round reuses the uploaded shapes
+        expect(tf.reshape(x, [2, 3, 4]).arraySync()).toEqual(tf.tensor(x.arraySync() as number[], [2, 3, 4]).arraySync());
+        expect(tf.reshape(tf.cast(x, 'int32'), [4, -1]).shape).toEqual([4, 6]);
+        expect(tf.reshape(tf.greater(x, 3), [6, 4]).dtype).toBe('bool');
+        const same = tf.cast(x, 'float32');
+        expect(same.dtype).toBe('float32');
+        expect(Array.from(same.dataSync())).toEqual(Array.from(x.dataSync()));
+        expect(Array.from(tf.cast(tf.mul(x, 0.5), 'int32').dataSync()).slice(0, 4)).toEqual([0, 0, 1, 1]);
+      }
+    });
+    const after = tf.memory();
+    expect(after.numTensors).toBe(before.numTensors);
+    expect(after.numBytes).toBe(before.numBytes);
+  });
+
   it("is what 'auto' picks once built", async (t) => {
     t.skip(notInstalled !== undefined, notInstalled);
     const { spawnSync } = await import('node:child_process');
