@@ -111,7 +111,10 @@ describe('native tensorflow backend (tfjs-node)', () => {
       const x = tf.range(0, 24, 1, 'float32');
       for (let i = 0; i < 2; i++) {
         // the second round reuses the uploaded shapes
-        expect(tf.reshape(x, [2, 3, 4]).arraySync()).toEqual(tf.tensor(x.arraySync() as number[], [2, 3, 4]).arraySync());
+        const cube = tf.reshape(x, [2, 3, 4]);
+        expect(cube.arraySync()).toEqual(tf.tensor(x.arraySync() as number[], [2, 3, 4]).arraySync());
+        expect(tf.reshape(cube, [2, -1, 4]).arraySync()).toEqual(cube.arraySync()); // same shape: shares the data
+        expect(tf.add(tf.reshape(cube, [2, 3, 4]), 1).arraySync()).toEqual(tf.add(cube, 1).arraySync()); // a consumer of the shared data
         expect(tf.reshape(tf.cast(x, 'int32'), [4, -1]).shape).toEqual([4, 6]);
         expect(tf.reshape(tf.greater(x, 3), [6, 4]).dtype).toBe('bool');
         const same = tf.cast(x, 'float32');
