@@ -47,7 +47,7 @@ export function register(program: Command): void {
       const r = out;
       const lines = [
         `backend ${r.backend} (${r.provider}), ${r.unet}, batch ${r.batch_size}, ${r.params} params, ${r.steps} steps per mode`,
-        `step (stream)  ${r.step_s.toFixed(3)} s   fused loop ${r.fused_step_s.toFixed(3)} s   stream overhead ${(100 * r.stream_overhead).toFixed(1)}%`,
+        `step (stream)  ${r.step_s.toFixed(3)} s   fused loop ${r.fused_step_s.toFixed(3)} s   stream overhead ${(100 * r.stream_overhead).toFixed(1)}% (95% CI ${r.stream_overhead_ci95.map((v) => (100 * v).toFixed(1)).join(' to ')}%)`,
         `UNet forward ${r.forward_ms.toFixed(1)} ms   forward+backward ${r.forward_backward_ms.toFixed(1)} ms`,
         ...Object.entries(r.operator_ms).map(([k, v]) => `  ${k.padEnd(14)} ${v.toFixed(1).padStart(8)} ms  ${(100 * r.operator_share[k]!).toFixed(1).padStart(5)}%`),
         ...(r.data_parallel ? [`data-parallel: ${r.data_parallel.replicas} threads x ${r.data_parallel.micro_batch} prompts  ${r.data_parallel.step_s.toFixed(3)} s per step   speed-up ${r.data_parallel.speedup.toFixed(2)}x`] : []),

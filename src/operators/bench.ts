@@ -10,8 +10,10 @@
  * - UNet forward (no tape) and forward+backward (grads of every student weight) in ms;
  * - peak RSS, RSS after warm-up vs at the end, and tf.memory().numTensors drift after warm-up.
  *
- * Stream, fused and timed rounds are INTERLEAVED (rounds of a few steps each), so load from other
- * processes on the machine hits all of them alike; every figure is a median.
+ * Stream and fused steps ALTERNATE one by one (the stream is fed one micro-batch at a time), and
+ * the stream's overhead is the median of the per-pair ratios, with a bootstrap interval: load from
+ * other processes on the machine hits both alike. Paired rounds, the timed stream and the
+ * data-parallel stream are interleaved in rounds of a few steps; every figure is a median.
  */
 import { mkdtemp, readFile, symlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -21,7 +23,7 @@ import { tf } from '../tf.ts';
 import type { Tensor3D, Tensor4D } from '../tf.ts';
 import type { EmbeddingBatch } from '../streams/reader.ts';
 import { readNullEmbedding } from '../streams/reader.ts';
-import { STREAMS } from '../util/rng.ts';
+import { STREAMS, mulberry32 } from '../util/rng.ts';
 import type { StepContext } from './context.ts';
 import { distill, toStepContext } from './pipeline.ts';
 import { createDistillState, disposeDistillState, OFFICIAL_DEFAULTS, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
@@ -72,8 +74,13 @@ export interface BenchResult {
   step_s: number;
   /** Median seconds per step: the fused hand loop (same calls, no RxJS). */
   fused_step_s: number;
-  /** step_s / fused_step_s − 1 (positive: the stream is slower). */
+  /**
+   * The stream's overhead: the median over pairs of (stream step / fused step) − 1, where each pair
+   * is one stream step and the fused step right after it (positive: the stream is slower).
+   */
   stream_overhead: number;
+  /** 95 % bootstrap interval of `stream_overhead` (percentile method, 2,000 resamples of the pairs). */
+  stream_overhead_ci95: [number, number];
   /** Median ms per operator (timed stream) and each one's share of their sum. */
   operator_ms: Record<string, number>;
   operator_share: Record<string, number>;
@@ -146,6 +153,39 @@ async function timedStream(state: DistillState, first: number, n: number, make: 
       ],
     }),
   );
+}
+
+/**
+ * The real `distill` stream of `state` (gradAccum 1), driven one step at a time: `step(i)` feeds
+ * micro-batch i and resolves with the seconds until that step left the stream. Lets the benchmark
+ * alternate stream and fused steps one by one, so machine load hits both alike.
+ */
+function steppedStream(state: DistillState, first: number, make: (i: number) => EmbeddingBatch): { step: (i: number) => Promise<number>; close: () => Promise<void> } {
+  const feed = new Subject<EmbeddingBatch>();
+  let done: ((ctx: StepContext) => void) | null = null;
+  const finished = lastValueFrom(distill(state, { firstMicroStep: first, batches: () => feed, operators: [tap((ctx) => done?.(ctx))] }), { defaultValue: undefined });
+  return {
+    step: (i) =>
+      new Promise<number>((resolve, reject) => {
+        const t0 = performance.now();
+        done = () => resolve((performance.now() - t0) / 1000);
+        finished.catch(reject);
+        feed.next(make(i));
+      }),
+    close: async () => {
+      feed.complete();
+      await finished;
+    },
+  };
+}
+
+/** Percentile-bootstrap 95 % interval of the median of `xs` (seeded: the same data give the same interval). */
+export function bootstrapMedianCi(xs: number[], resamples = 2000): [number, number] {
+  const rand = mulberry32(12345);
+  const medians: number[] = [];
+  for (let r = 0; r < resamples; r++) medians.push(median(xs.map(() => xs[Math.floor(rand() * xs.length)]!)));
+  medians.sort((a, b) => a - b);
+  return [medians[Math.floor(0.025 * resamples)]!, medians[Math.ceil(0.975 * resamples) - 1]!];
 }
 
 /** Wraps a synchronous operator with a timer (the operators do their work inside `next`). */
@@ -276,16 +316,20 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       const fusedTimes: number[] = [];
       const opTimes = new Map<string, number[]>();
 
-      const streamRound = async (n: number, record: boolean) => {
-        await timedStream(state, micro, n, make, record ? streamTimes : null);
-        micro += n;
-      };
-      const fusedRound = (n: number, record: boolean) => {
-        for (let i = 0; i < n; i++) {
-          const t0 = performance.now();
-          fusedStep(state, micro, make(micro));
-          micro++;
-          if (record) fusedTimes.push((performance.now() - t0) / 1000);
+      /** n pairs: one step of the real stream, then one fused step, alternating. */
+      const pairedRound = async (n: number, record: boolean) => {
+        const stream = steppedStream(state, micro, make);
+        try {
+          await stream.step(micro++); // the first step after subscribing: not timed
+          for (let i = 0; i < n; i++) {
+            const streamS = await stream.step(micro++);
+            const t0 = performance.now();
+            fusedStep(state, micro, make(micro));
+            micro++;
+            if (record) streamTimes.push(streamS), fusedTimes.push((performance.now() - t0) / 1000);
+          }
+        } finally {
+          await stream.close();
         }
       };
       const timedRound = async (n: number) => {
@@ -312,8 +356,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       };
 
       // Warm-up: kernels, weights on the backend, allocator pools.
-      await streamRound(o.warmup, false);
-      fusedRound(o.warmup, false);
+      await pairedRound(o.warmup, false);
       await timedRound(1);
       await dpRound(o.warmup, false);
       opTimes.clear();
@@ -324,9 +367,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       while (done < o.steps) {
         // The stream's first step of a round includes the subscription: one extra untimed step.
         const n = Math.min(o.round, o.steps - done);
-        await streamRound(n + 1, true);
-        streamTimes.splice(streamTimes.length - n - 1, 1);
-        fusedRound(n, true);
+        await pairedRound(n, true);
         await timedRound(n);
         await dpRound(n + 1, true);
         dpTimes.splice(dpTimes.length - n - 1, 1);
@@ -341,6 +382,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       const total = Object.values(operatorMs).reduce((a, b) => a + b, 0);
       const stepS = median(streamTimes);
       const fusedS = median(fusedTimes);
+      const pairRatios = streamTimes.map((t, i) => t / fusedTimes[i]! - 1);
       return {
         backend: tf.getBackend(),
         unet: o.unet,
@@ -349,7 +391,8 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         params: state.student.parameters().reduce((a, v) => a + v.size, 0),
         step_s: stepS,
         fused_step_s: fusedS,
-        stream_overhead: stepS / fusedS - 1,
+        stream_overhead: median(pairRatios),
+        stream_overhead_ci95: bootstrapMedianCi(pairRatios),
         operator_ms: operatorMs,
         operator_share: Object.fromEntries(Object.entries(operatorMs).map(([k, v]) => [k, v / total])),
         ...unet,

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { initBackend } from '../../src/backend.ts';
-import { runBench } from '../../src/operators/bench.ts';
+import { bootstrapMedianCi, runBench } from '../../src/operators/bench.ts';
 import { EMBEDDINGS, makeTinyTeacher } from './helpers.ts';
 
 describe('swiftbrush bench (library)', () => {
@@ -13,9 +13,22 @@ describe('swiftbrush bench (library)', () => {
     expect(Object.keys(r.operator_ms)).toEqual(['studentForward', 'noiseAtT', 'teacherCFG', 'vsdUpdate', 'noiseAtTPrime', 'loraUpdate', 'emaUpdate']);
     expect(Object.values(r.operator_share).reduce((a, b) => a + b, 0)).toBeCloseTo(1, 6);
     expect(r.tensor_drift).toBe(0);
+    // Overhead: the median of the per-pair ratios, inside its own bootstrap interval.
+    expect(r.stream_overhead_ci95[0]).toBeLessThanOrEqual(r.stream_overhead);
+    expect(r.stream_overhead_ci95[1]).toBeGreaterThanOrEqual(r.stream_overhead);
     // --replicas 2: the same step as 2 micro-batches of 1 over two threads, timed alongside.
     expect(r.data_parallel).toMatchObject({ replicas: 2, micro_batch: 1 });
     expect(r.data_parallel!.step_s).toBeGreaterThan(0);
     expect(r.data_parallel!.speedup).toBeCloseTo(r.step_s / r.data_parallel!.step_s, 9);
   }, 240_000);
+
+  it('bootstraps the median: a constant sample has a point interval, a wide one a wide interval', () => {
+    expect(bootstrapMedianCi([0.02, 0.02, 0.02, 0.02])).toEqual([0.02, 0.02]);
+    const spread = Array.from({ length: 21 }, (_, i) => (i - 10) / 100); // -0.10 … 0.10, median 0
+    const [lo, hi] = bootstrapMedianCi(spread);
+    expect(lo).toBeLessThan(0);
+    expect(hi).toBeGreaterThan(0);
+    expect(lo).toBeGreaterThanOrEqual(-0.1);
+    expect(hi).toBeLessThanOrEqual(0.1);
+  });
 });
