@@ -51,36 +51,31 @@ function shareData(backend: NativeBackend, x: TensorInfo): TensorInfo {
   return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
 }
 
-function reshapeKernel(stock: KernelConfig): KernelConfig {
-  return {
-    kernelName: 'Reshape',
-    backendName: BACKEND,
-    kernelFunc: (args) => {
-      const { inputs, attrs } = args as KernelArgs;
-      const x = inputs.x as TensorInfo;
-      const backend = args.backend as unknown as NativeBackend;
-      const type = tfDType(backend, x.dtype);
-      if (type === undefined) return stock.kernelFunc(args);
-      const shape = tf.util.inferFromImplicitShape((attrs!.shape as number[]).slice(), tf.util.sizeFromShape(x.shape));
-      if (tf.util.arraysEqual(shape, x.shape)) return shareData(backend, x); // tfjs' gradients reshape to the same shape a lot
-      const opAttrs = [
-        { name: 'T', type: backend.binding.TF_ATTR_TYPE, value: type },
-        { name: 'Tshape', type: backend.binding.TF_ATTR_TYPE, value: backend.binding.TF_INT32 },
-      ];
-      return backend.executeSingleOutput('Reshape', opAttrs, [x, shapeTensor(backend, shape)]);
-    },
-  };
+/** Reshape: a new TensorFlow op only when the shape changes, with the target shape uploaded once. */
+function fastReshape(x: TensorInfo, attrs: NamedAttrMap, backend: NativeBackend): TensorInfo | null {
+  const type = tfDType(backend, x.dtype);
+  if (type === undefined) return null;
+  const shape = tf.util.inferFromImplicitShape((attrs.shape as number[]).slice(), tf.util.sizeFromShape(x.shape));
+  if (tf.util.arraysEqual(shape, x.shape)) return shareData(backend, x); // tfjs' gradients reshape to the same shape a lot
+  const opAttrs = [
+    { name: 'T', type: backend.binding.TF_ATTR_TYPE, value: type },
+    { name: 'Tshape', type: backend.binding.TF_ATTR_TYPE, value: backend.binding.TF_INT32 },
+  ];
+  return backend.executeSingleOutput('Reshape', opAttrs, [x, shapeTensor(backend, shape)]);
 }
 
-function castKernel(stock: KernelConfig): KernelConfig {
+/** Cast to the dtype x already has: the same data. */
+function fastCast(x: TensorInfo, attrs: NamedAttrMap, backend: NativeBackend): TensorInfo | null {
+  return x.dtype === attrs.dtype ? shareData(backend, x) : null;
+}
+
+/** tfjs-node's kernel, with `fast` tried first (null: not handled, run the stock kernel). */
+function withShortcut(stock: KernelConfig, fast: (x: TensorInfo, attrs: NamedAttrMap, backend: NativeBackend) => TensorInfo | null): KernelConfig {
   return {
-    kernelName: 'Cast',
-    backendName: BACKEND,
+    ...stock,
     kernelFunc: (args) => {
       const { inputs, attrs } = args as KernelArgs;
-      const x = inputs.x as TensorInfo;
-      if (x.dtype !== attrs!.dtype) return stock.kernelFunc(args);
-      return shareData(args.backend as unknown as NativeBackend, x);
+      return fast(inputs.x as TensorInfo, attrs ?? {}, args.backend as unknown as NativeBackend) ?? stock.kernelFunc(args);
     },
   };
 }
@@ -90,12 +85,12 @@ let registered = false;
 /** Replaces tfjs-node's Reshape and Cast kernels (once; call after the `tensorflow` backend loaded). */
 export function registerNativeKernelShortcuts(): void {
   if (registered) return;
-  const replacements: [string, (stock: KernelConfig) => KernelConfig][] = [['Reshape', reshapeKernel], ['Cast', castKernel]];
-  for (const [name, replace] of replacements) {
+  const shortcuts: [string, typeof fastCast][] = [['Reshape', fastReshape], ['Cast', fastCast]];
+  for (const [name, fast] of shortcuts) {
     const stock = tf.getKernel(name, BACKEND);
     if (!stock) return; // not tfjs-node's backend: nothing to replace
     tf.unregisterKernel(name, BACKEND);
-    tf.registerKernel(replace(stock));
+    tf.registerKernel(withShortcut(stock, fast));
   }
   registered = true;
 }
