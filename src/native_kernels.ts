@@ -86,11 +86,11 @@ let registered = false;
 export function registerNativeKernelShortcuts(): void {
   if (registered) return;
   const shortcuts: [string, typeof fastCast][] = [['Reshape', fastReshape], ['Cast', fastCast]];
-  for (const [name, fast] of shortcuts) {
-    const stock = tf.getKernel(name, BACKEND);
-    if (!stock) return; // not tfjs-node's backend: nothing to replace
+  const stocks = shortcuts.map(([name]) => tf.getKernel(name, BACKEND));
+  if (stocks.some((k) => !k)) return; // not tfjs-node's backend: nothing to replace
+  shortcuts.forEach(([name, fast], i) => {
     tf.unregisterKernel(name, BACKEND);
-    tf.registerKernel(withShortcut(stock, fast));
-  }
+    tf.registerKernel(withShortcut(stocks[i]!, fast));
+  });
   registered = true;
 }

@@ -156,21 +156,23 @@ async function timedStream(state: DistillState, first: number, n: number, make: 
 }
 
 /**
- * The real `distill` stream of `state` (gradAccum 1), driven one step at a time: `step(i)` feeds
- * micro-batch i and resolves with the seconds until that step left the stream. Lets the benchmark
- * alternate stream and fused steps one by one, so machine load hits both alike.
+ * The real `distill` stream of `state` (gradAccum 1), driven one step at a time: `step()` feeds the
+ * next micro-batch (first, first+1, …, numbered as the stream numbers them) and resolves with the
+ * seconds until it left the stream. Lets the benchmark alternate stream and fused steps one by one,
+ * so machine load hits both alike.
  */
-function steppedStream(state: DistillState, first: number, make: (i: number) => EmbeddingBatch): { step: (i: number) => Promise<number>; close: () => Promise<void> } {
+function steppedStream(state: DistillState, first: number, make: (i: number) => EmbeddingBatch): { step: () => Promise<number>; close: () => Promise<void> } {
   const feed = new Subject<EmbeddingBatch>();
-  let done: ((ctx: StepContext) => void) | null = null;
-  const finished = lastValueFrom(distill(state, { firstMicroStep: first, batches: () => feed, operators: [tap((ctx) => done?.(ctx))] }), { defaultValue: undefined });
+  let next = first;
+  let pending: { t0: number; resolve: (seconds: number) => void; reject: (err: unknown) => void } | null = null;
+  const left = tap<StepContext>(() => pending?.resolve((performance.now() - pending.t0) / 1000));
+  const finished = lastValueFrom(distill(state, { firstMicroStep: first, batches: () => feed, operators: [left] }), { defaultValue: undefined });
+  finished.catch((err) => pending?.reject(err));
   return {
-    step: (i) =>
+    step: () =>
       new Promise<number>((resolve, reject) => {
-        const t0 = performance.now();
-        done = () => resolve((performance.now() - t0) / 1000);
-        finished.catch(reject);
-        feed.next(make(i));
+        pending = { t0: performance.now(), resolve, reject };
+        feed.next(make(next++));
       }),
     close: async () => {
       feed.complete();
@@ -331,12 +333,13 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
        */
       const pairedRound = async (n: number, record: boolean) => {
         const stream = steppedStream(state, micro, make);
+        micro += n + 1;
         try {
-          await stream.step(micro++); // the first step after subscribing: not timed
+          await stream.step(); // the first step after subscribing: not timed
           for (let i = 0; i < n; i++) {
             let fusedS = 0;
             if (pairs % 2) fusedS = fusedOnce();
-            const streamS = await stream.step(micro++);
+            const streamS = await stream.step();
             if (pairs % 2 === 0) fusedS = fusedOnce();
             if (record) streamTimes.push(streamS), fusedTimes.push(fusedS), pairs++;
           }

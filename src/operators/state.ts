@@ -4,7 +4,8 @@
  * the student (a trainable copy of the teacher), the schedule, both optimisers, their gradient
  * accumulators, the student's EMA, the seeded RNG and the null-prompt embedding.
  */
-import { access, mkdir, readFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Tensor3D } from '../tf.ts';
@@ -222,8 +223,6 @@ export async function writeTrainingSnapshot(state: DistillState, snapshot: Train
   });
 }
 
-const exists = (path: string) => access(path).then(() => true, () => false);
-
 /**
  * Restores what writeTrainingSnapshot wrote; returns the progress to resume from. A checkpoint
  * without `unet_ema/` (written with --ema-decay 0) resumed with EMA on starts the EMA at its weights.
@@ -232,15 +231,13 @@ export async function readTrainingState(state: DistillState, dir: string): Promi
   const json = JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as TrainingProgress & { student_optimizer_step: number; lora_optimizer_step: number };
   const weights = async (path: string) => (await readSafetensors(join(dir, path))).tensors;
   state.student.loadStateDict(await weights('unet/diffusion_pytorch_model.safetensors'), join(dir, 'unet'));
-  if (state.ema && (await exists(join(dir, 'unet_ema')))) {
-    // EMA shadows are stored in PyTorch layout (a loadable diffusers UNet): load through a scratch model.
-    const scratch = UNet2DConditionModel.fromConfig(state.student.config, { trainable: false });
-    scratch.loadStateDict(await weights('unet_ema/diffusion_pytorch_model.safetensors'), join(dir, 'unet_ema'));
-    for (const [name, v] of scratch.store.named()) state.ema.get(name).assign(v);
-    scratch.dispose();
-  } else if (state.ema) {
-    // A run saved without EMA (--ema-decay 0), resumed with it: the average starts at the resumed weights.
-    for (const [name, v] of state.student.store.named()) state.ema.get(name).assign(v);
+  if (state.ema) {
+    // EMA shadows are stored in PyTorch layout (a loadable diffusers UNet): load through a scratch
+    // model. A run saved without EMA (--ema-decay 0) has none: the average starts at the resumed weights.
+    const source = existsSync(join(dir, 'unet_ema')) ? UNet2DConditionModel.fromConfig(state.student.config, { trainable: false }) : null;
+    if (source) source.loadStateDict(await weights('unet_ema/diffusion_pytorch_model.safetensors'), join(dir, 'unet_ema'));
+    for (const [name, v] of (source ?? state.student).store.named()) state.ema.get(name).assign(v);
+    source?.dispose();
   }
   state.lora.loadStateDict(await weights('unet_lora/adapter_model.safetensors'), join(dir, 'unet_lora'));
   state.studentOptimizer.loadState(json.student_optimizer_step, await weights('optimizer.safetensors'), join(dir, 'optimizer.safetensors'));
