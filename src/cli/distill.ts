@@ -37,6 +37,7 @@ interface DistillFlags {
   tMax?: number;
   loraNullPromptProb?: number;
   loraLossWeighting?: 'official' | 'epsilon';
+  vsdWeighting?: 'official' | 'dmd';
   replicas?: number;
   studentUpdateEvery?: number;
   maxNonFiniteSteps?: number;
@@ -94,6 +95,7 @@ export function register(program: Command): void {
     .option('--t-min <t>', `smallest VSD timestep (official ${d.tMin})`, int(0))
     .option('--t-max <t>', `largest VSD timestep (official ${d.tMax})`, int(0))
     .addOption(new Option('--lora-loss-weighting <w>', `LoRA teacher loss: official = mse(√ᾱ·ε_φ, √ᾱ·ε′), epsilon = plain mse(ε_φ, ε′) (official ${d.loraLossWeighting})`).choices(['official', 'epsilon']))
+    .addOption(new Option('--vsd-weighting <w>', `student score gradient: official = σ_t²(ε_teacher − ε_lora), dmd = (ε_teacher − ε_lora) / mean|ε − ε_teacher| per sample (DMD's normalisation) (official ${d.vsdWeighting})`).choices(['official', 'dmd']))
     .option('--lora-null-prompt-prob <p>', `null-prompt probability for the LoRA teacher (official ${d.loraNullPromptProb})`, float)
     .option('--student-update-every <n>', 'the student steps on every n-th optimiser step, the LoRA teacher on every one (DMD2-style two-time-scale update; official 1)', int(1))
     .option('--replicas <n>', 'data-parallel threads (main + n−1 workers), each computing whole micro-batches of a --grad-accum window: use both cores on the single-threaded wasm backend (needs --grad-accum ≥ n; default 1)', int(1))

@@ -209,11 +209,11 @@ export function fusedStep(state: DistillState, microStep: number, batch: Embeddi
   const xt = state.schedule.addNoise(x0, noise, timesteps) as Tensor4D;
   const epsTeacher = guidedEpsilon(state, false, xt, timesteps, y, c.guidanceScale);
   const epsLora = guidedEpsilon(state, true, xt, timesteps, y, c.guidanceScale);
-  tf.dispose([xt, noise]);
-  const g = scoreGradient(state, epsTeacher, epsLora, timesteps);
+  xt.dispose();
+  const g = scoreGradient(state, epsTeacher, epsLora, timesteps, noise);
   tf.tidy(() => tf.mul(tf.mean(tf.square(g)), 0.5).dataSync()[0]);
   const grads = studentGradients(state, z, y, g);
-  tf.dispose([epsTeacher, epsLora, z, g]);
+  tf.dispose([epsTeacher, epsLora, z, noise, g]);
   stepOptimizer(grads, c.maxGradNorm, (gr) => state.studentOptimizer.apply(gr));
   const tp = state.rng.ints(microStep, STREAMS.loraTimestep, y.shape[0], 0, state.schedule.numTrainTimesteps - 1);
   const noiseP = state.rng.normal(microStep, STREAMS.loraNoise, x0.shape) as Tensor4D;

@@ -17,7 +17,7 @@ export interface StepTensors {
   latents?: Tensor4D;
   /** x̂0 = f_θ(z, y), no gradient attached [B, H, W, C] (studentForward → noiseAtT′). */
   x0?: Tensor4D;
-  /** ε added at t (noiseAtT → teacherCFG). */
+  /** ε added at t (noiseAtT → vsdUpdate, whose 'dmd' weighting reads it). */
   noise?: Tensor4D;
   /** x̂_t = √ᾱ_t x̂0 + σ_t ε (noiseAtT → teacherCFG). */
   noisyX0?: Tensor4D;

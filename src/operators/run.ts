@@ -81,6 +81,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
   if (!(Number.isInteger(config.replicas) && config.replicas >= 1)) throw new Error(`replicas must be a positive integer, got ${config.replicas}`);
   if (config.replicas > config.gradAccum) throw new Error(`replicas (${config.replicas}) needs gradAccum ≥ replicas (got ${config.gradAccum}): each replica computes whole micro-batches of an accumulation window`);
   if (!['official', 'epsilon'].includes(config.loraLossWeighting)) throw new Error(`loraLossWeighting must be 'official' or 'epsilon', got ${JSON.stringify(config.loraLossWeighting)}`);
+  if (!['official', 'dmd'].includes(config.vsdWeighting)) throw new Error(`vsdWeighting must be 'official' or 'dmd', got ${JSON.stringify(config.vsdWeighting)}`);
   const files = expandFiles(o.embeddings);
   const nullEmbedding = await readNullEmbedding(files);
   const state = await createDistillState({ teacherDir: o.teacher, nullEmbeds: nullEmbedding.embeds, embedShape: nullEmbedding.shape, config });

@@ -49,6 +49,13 @@ export interface DistillConfig {
    * 'epsilon' = mse(ε_φ, ε′), the plain denoising loss of diffusers' training scripts (every t′ alike).
    */
   loraLossWeighting: 'official' | 'epsilon';
+  /**
+   * The score gradient's weighting per sample: 'official' = σ_t² (ε_teacher − ε_lora) (SwiftBrush,
+   * ProlificDreamer's w(t)); 'dmd' = (ε_teacher − ε_lora) / mean|ε − ε_teacher|, DMD's (Yin et al.
+   * 2024, eq. 8) normalisation (μ_fake − μ_real) / mean|μ_real − x̂0| written in ε: the difference of
+   * the two x0-predictions divided by how far the teacher's x0-prediction is from x̂0.
+   */
+  vsdWeighting: 'official' | 'dmd';
   /** Probability (one draw per micro-batch) that the LoRA teacher trains on the null prompt. */
   loraNullPromptProb: number;
   /**
@@ -90,6 +97,7 @@ export const OFFICIAL_DEFAULTS: DistillConfig = {
   tMin: 20,
   tMax: 980,
   loraLossWeighting: 'official',
+  vsdWeighting: 'official',
   loraNullPromptProb: 0.1,
   replicas: 1,
   studentUpdateEvery: 1,

@@ -5,8 +5,8 @@
  * [uncond; cond] = [(x̂_t, t, y0); (x̂_t, t, y)], then classifier-free guidance with the SAME scale:
  * ε = ε_u + w (ε_c − ε_u). v-prediction outputs are converted to ε first.
  *
- * Reads `noisyX0`, `ctx.timesteps`, `promptEmbeds` (kept). Disposes `noisyX0` and `noise` (their
- * last user). Adds `epsTeacher`, `epsLora`.
+ * Reads `noisyX0` (disposes it: last user), `ctx.timesteps`, `promptEmbeds` (kept). Adds
+ * `epsTeacher`, `epsLora`.
  */
 import type { OperatorFunction } from 'rxjs';
 import { tf } from '../tf.ts';
@@ -34,7 +34,6 @@ export function teacherCFG(state: DistillState): OperatorFunction<StepContext, S
   return stepOperator((ctx) => {
     if (!updatesStudent(state.config, ctx.step)) return; // LoRA-only step
     const xt = take(ctx, 'noisyX0', 'teacherCFG');
-    const noise = take(ctx, 'noise', 'teacherCFG');
     try {
       const y = need(ctx, 'promptEmbeds', 'teacherCFG');
       const t = ctx.timesteps;
@@ -43,7 +42,7 @@ export function teacherCFG(state: DistillState): OperatorFunction<StepContext, S
       ctx.tensors.epsTeacher = guidedEpsilon(state, false, xt, t, y, w);
       ctx.tensors.epsLora = guidedEpsilon(state, true, xt, t, y, w);
     } finally {
-      tf.dispose([xt, noise]);
+      xt.dispose();
     }
   });
 }

@@ -2,13 +2,14 @@
  * vsdUpdate: the student's Variational Score Distillation update.
  *
  * g = nan_to_num(σ_t² (ε_teacher − ε_lora)); L = 0.5·mean((x̂0 − sg(x̂0 − g))²), so dL/dx̂0 = g / numel.
+ * (With vsdWeighting 'dmd', g = nan_to_num((ε_teacher − ε_lora) / mean|ε − ε_teacher|) per sample.)
  * The student's gradient is that of Σ f_θ(z, y) · sg(g) / numel, taken under a fresh tape by
  * recomputing f_θ(z, y) (tfjs' tape is closure-scoped and cannot reach back into studentForward).
  * Gradients are summed over the accumulation window (each ×1/k); on the window's last micro-batch
  * they are clipped (maxGradNorm) and Adam steps — BEFORE the LoRA teacher's step, as officially.
  * A non-finite gradient skips the step (counted; too many in a row stops the run).
  *
- * Reads `epsTeacher`, `epsLora`, `latents` (disposes all three: last user), `promptEmbeds`, `x0`
+ * Reads `epsTeacher`, `epsLora`, `latents`, `noise` (disposes all four: last user), `promptEmbeds`, `x0`
  * (kept), `ctx.timesteps`. Adds metrics.lossVsd (and gradNormStudent / skippedStudent on a window's end).
  */
 import type { OperatorFunction } from 'rxjs';
@@ -28,11 +29,17 @@ export function nanToNum<T extends Tensor>(x: T): T {
   return tf.tidy(() => tf.where(tf.isNaN(x), tf.zerosLike(x), tf.clipByValue(x, -FLOAT32_MAX, FLOAT32_MAX)) as T);
 }
 
-/** The score gradient g = nan_to_num(σ_t² (ε_teacher − ε_lora)). */
-export function scoreGradient(state: DistillState, epsTeacher: Tensor4D, epsLora: Tensor4D, timesteps: number[]): Tensor4D {
+/**
+ * The score gradient g = nan_to_num(w · (ε_teacher − ε_lora)), w per sample: σ_t² ('official'), or
+ * 1 / mean|ε − ε_teacher| ('dmd': DMD's (μ_fake − μ_real) / mean|μ_real − x̂0|, where the factors
+ * σ_t/√ᾱ_t of both x0-differences cancel). `noise` is the ε that noiseAtT added.
+ */
+export function scoreGradient(state: DistillState, epsTeacher: Tensor4D, epsLora: Tensor4D, timesteps: number[], noise: Tensor4D): Tensor4D {
   return tf.tidy(() => {
-    const sigma2 = tf.tensor4d(timesteps.map((t) => 1 - state.schedule.alphaBar(t)), [timesteps.length, 1, 1, 1]);
-    return nanToNum(tf.mul(sigma2, tf.sub(epsTeacher, epsLora)));
+    const weight = state.config.vsdWeighting === 'dmd'
+      ? tf.reciprocal(tf.mean(tf.abs(tf.sub(noise, epsTeacher)), [1, 2, 3], true))
+      : tf.tensor4d(timesteps.map((t) => 1 - state.schedule.alphaBar(t)), [timesteps.length, 1, 1, 1]);
+    return nanToNum(tf.mul(weight, tf.sub(epsTeacher, epsLora)));
   });
 }
 
@@ -89,11 +96,12 @@ export function vsdUpdate(state: DistillState): OperatorFunction<StepContext, St
     const epsTeacher = take(ctx, 'epsTeacher', 'vsdUpdate');
     const epsLora = take(ctx, 'epsLora', 'vsdUpdate');
     const z = take(ctx, 'latents', 'vsdUpdate');
-    const toDispose: Tensor[] = [epsTeacher, epsLora, z];
+    const noise = take(ctx, 'noise', 'vsdUpdate');
+    const toDispose: Tensor[] = [epsTeacher, epsLora, z, noise];
     try {
       const y = need(ctx, 'promptEmbeds', 'vsdUpdate');
       if (!ctx.timesteps) throw new Error('vsdUpdate: ctx.timesteps is missing (noiseAtT must run first)');
-      const g = scoreGradient(state, epsTeacher, epsLora, ctx.timesteps);
+      const g = scoreGradient(state, epsTeacher, epsLora, ctx.timesteps, noise);
       toDispose.push(g);
       ctx.metrics.lossVsd = tf.tidy(() => tf.mul(tf.mean(tf.square(g)), 0.5).dataSync()[0]!);
       const grads = studentGradients(state, z, y, g);

@@ -54,8 +54,18 @@ function handWrittenRun(s: DistillState, batches: ReturnType<typeof fakeBatch>[]
           const u = guided(lora, y0);
           return tf.add(u, tf.mul(tf.sub(guided(lora, y), u), c.guidanceScale));
         };
-        const sigma2 = tf.tensor4d(t.map((tt) => 1 - s.schedule.alphaBar(tt)), [b, 1, 1, 1]);
-        const g = stopGradient(tf.mul(sigma2, tf.sub(cfg(false), cfg(true))));
+        const epsTeacher = cfg(false);
+        // official: σ_t² (ε_tea − ε_lora); dmd: (μ_fake − μ_real) / mean|μ_real − x̂0| in x0 space.
+        let g: Tensor;
+        if (c.vsdWeighting === 'dmd') {
+          const x0Of = (e: Tensor) => s.schedule.predictOriginal(e, xt, t);
+          const muReal = x0Of(epsTeacher);
+          const muFake = x0Of(cfg(true));
+          g = stopGradient(tf.div(tf.sub(muFake, muReal), tf.mean(tf.abs(tf.sub(muReal, stopGradient(x0))), [1, 2, 3], true)));
+        } else {
+          const sigma2 = tf.tensor4d(t.map((tt) => 1 - s.schedule.alphaBar(tt)), [b, 1, 1, 1]);
+          g = stopGradient(tf.mul(sigma2, tf.sub(epsTeacher, cfg(true))));
+        }
         const target = stopGradient(tf.sub(x0, g));
         return tf.mul(tf.mean(tf.square(tf.sub(x0, target))), 0.5) as tf.Scalar;
       }, [...studentVars.values()]);
@@ -96,11 +106,11 @@ describe('one SwiftBrush step through the stream equals the hand-written loop', 
     teacher = await makeTinyTeacher();
   });
 
-  for (const gradAccum of [1, 2]) {
-    it(`gradient accumulation k=${gradAccum}: student and LoRA weights agree to 1e-5`, async () => {
+  for (const [gradAccum, vsdWeighting] of [[1, 'official'], [2, 'official'], [2, 'dmd']] as const) {
+    it(`gradient accumulation k=${gradAccum}, ${vsdWeighting} weighting: student and LoRA weights agree to 1e-5`, async () => {
       // Adam's first steps turn any gradient much larger than eps into ±lr, so round-off in gradients
       // of ~1e-7 would flip whole steps; a larger eps keeps the comparison about the stream's math.
-      const config = testConfig({ gradAccum, emaDecay: 0, adamEps: 1e-3 });
+      const config = testConfig({ gradAccum, vsdWeighting, emaDecay: 0, adamEps: 1e-3 });
       const batches = Array.from({ length: 2 * gradAccum }, (_, i) => fakeBatch(i));
       const stream = await makeState(teacher, config);
       const hand = await makeState(teacher, config);
