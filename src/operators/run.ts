@@ -74,14 +74,21 @@ export async function exportStudent(state: DistillState, out: string, options: {
   return studentDir;
 }
 
+/** Throws "key must be 'a', 'b' or 'c', got …" unless config[key] is one of the choices (a --config file bypasses the CLI's choices). */
+function requireOneOf<K extends keyof DistillConfig>(config: DistillConfig, key: K, choices: readonly DistillConfig[K][]): void {
+  if (choices.includes(config[key])) return;
+  const quoted = choices.map((c) => `'${String(c)}'`);
+  throw new Error(`${key} must be ${quoted.slice(0, -1).join(', ')} or ${quoted.at(-1)}, got ${JSON.stringify(config[key])}`);
+}
+
 export async function runDistillation(o: DistillRunOptions): Promise<DistillRunResult> {
   const config: DistillConfig = { ...OFFICIAL_DEFAULTS, ...o.config };
   if (!config.lrDecaySteps) config.lrDecaySteps = o.steps;
-  if (!['constant', 'linear', 'cosine'].includes(config.lrScheduler)) throw new Error(`lrScheduler must be 'constant', 'linear' or 'cosine', got ${JSON.stringify(config.lrScheduler)}`);
+  requireOneOf(config, 'lrScheduler', ['constant', 'linear', 'cosine']);
   if (!(Number.isInteger(config.replicas) && config.replicas >= 1)) throw new Error(`replicas must be a positive integer, got ${config.replicas}`);
   if (config.replicas > config.gradAccum) throw new Error(`replicas (${config.replicas}) needs gradAccum ≥ replicas (got ${config.gradAccum}): each replica computes whole micro-batches of an accumulation window`);
-  if (!['official', 'epsilon'].includes(config.loraLossWeighting)) throw new Error(`loraLossWeighting must be 'official' or 'epsilon', got ${JSON.stringify(config.loraLossWeighting)}`);
-  if (!['official', 'dmd'].includes(config.vsdWeighting)) throw new Error(`vsdWeighting must be 'official' or 'dmd', got ${JSON.stringify(config.vsdWeighting)}`);
+  requireOneOf(config, 'loraLossWeighting', ['official', 'epsilon']);
+  requireOneOf(config, 'vsdWeighting', ['official', 'dmd']);
   const files = expandFiles(o.embeddings);
   const nullEmbedding = await readNullEmbedding(files);
   const state = await createDistillState({ teacherDir: o.teacher, nullEmbeds: nullEmbedding.embeds, embedShape: nullEmbedding.shape, config });

@@ -243,9 +243,12 @@ export async function readTrainingState(state: DistillState, dir: string): Promi
     // EMA shadows are stored in PyTorch layout (a loadable diffusers UNet): load through a scratch
     // model. A run saved without EMA (--ema-decay 0) has none: the average starts at the resumed weights.
     const source = existsSync(join(dir, 'unet_ema')) ? UNet2DConditionModel.fromConfig(state.student.config, { trainable: false }) : null;
-    if (source) source.loadStateDict(await weights('unet_ema/diffusion_pytorch_model.safetensors'), join(dir, 'unet_ema'));
-    for (const [name, v] of (source ?? state.student).store.named()) state.ema.get(name).assign(v);
-    source?.dispose();
+    try {
+      if (source) source.loadStateDict(await weights('unet_ema/diffusion_pytorch_model.safetensors'), join(dir, 'unet_ema'));
+      for (const [name, v] of (source ?? state.student).store.named()) state.ema.get(name).assign(v);
+    } finally {
+      source?.dispose(); // also when a bad unet_ema fails to load
+    }
   }
   state.lora.loadStateDict(await weights('unet_lora/adapter_model.safetensors'), join(dir, 'unet_lora'));
   state.studentOptimizer.loadState(json.student_optimizer_step, await weights('optimizer.safetensors'), join(dir, 'optimizer.safetensors'));
