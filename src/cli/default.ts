@@ -137,7 +137,7 @@ export function register(program: Command): void {
         const speed = await samplingSpeedHere(backend.backend, conditions, evaluation.report.student_1step?.samples_per_s);
         await writeJsonAtomic(join(o.out, 'sampling_speed.json'), speed);
         const totalSeconds = (performance.now() - t0) / 1000;
-        process.stdout.write(`\n${markdownTable(evaluation.report)}\n\n`);
+        process.stdout.write(`\n${markdownTable(evaluation.report, evaluation.reused)}\n\n`);
         if (speed.ratio !== null) process.stdout.write(`same backend (${speed.backend}): student 1 step ${speed.student_samples_per_s!.toFixed(2)} samples/s, teacher DDIM 25 + CFG ${speed.teacher_ddim25_samples_per_s.toFixed(2)} samples/s (${TEACHER_SPEED_SAMPLES} samples): ${speed.ratio.toFixed(1)}x\n`);
         process.stdout.write(`distillation: ${result.step}/${o.steps} steps in ${(distillSeconds / 60).toFixed(1)} min; with evaluation ${(totalSeconds / 60).toFixed(1)} min (${backend.backend})\n`);
         process.stdout.write(`grid: ${evaluation.grid ?? join(o.out, 'grid.png')}\nstudent (best validated, step ${best?.step ?? result.step}): ${evaluated}\nlast student: ${result.studentDir}\nvalidations: ${join(bestDir, 'validation.jsonl')}\nmetrics: ${join(o.out, 'metrics.jsonl')}\n`);

@@ -72,7 +72,7 @@ export function register(program: Command): void {
         },
       });
       if (o.out) await writeJsonAtomic(o.out, r.report);
-      process.stderr.write('\n' + markdownTable(r.report) + (r.reused.length ? `(teacher figures reused from ${join(o.teacher, 'eval.json')})\n` : '') + (r.grid ? `grid: ${r.grid}\n` : ''));
+      process.stderr.write('\n' + markdownTable(r.report, r.reused) + (r.reused.length ? `(teacher figures reused from ${join(o.teacher, 'eval.json')})\n` : '') + (r.grid ? `grid: ${r.grid}\n` : ''));
       log.info({ backend: backend.backend, out: o.out, grid: r.grid }, 'eval done');
       process.stdout.write(JSON.stringify(r.report, null, o.json ? undefined : 2) + '\n');
     });

@@ -233,8 +233,13 @@ export async function writeComparisonGrid(path: string, left: Float32Array, righ
   await writeImageGrid(path, out, [rows.length * width, 28, 28, 1], { rows: rows.length, cols: width });
 }
 
-/** The report as a Markdown table (models as rows, in MODEL_KEYS order). */
-export function markdownTable(report: EvalReport): string {
+/**
+ * The report as a Markdown table (models as rows, in MODEL_KEYS order), with the FD ratio and, when
+ * both were timed in this run, the sampling-speed ratio. `reused` lists the models whose figures came
+ * from the teacher's cached eval.json: their samples/s were measured where that file was made (maybe
+ * on another backend or machine), so no speed ratio is drawn against them.
+ */
+export function markdownTable(report: EvalReport, reused: readonly ModelKey[] = []): string {
   const f = (x: number, d: number) => (Number.isFinite(x) ? x.toFixed(d) : String(x));
   const lines = ['| model | FD ↓ | digit acc | thickness acc | slant acc | samples/s | n |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: |'];
   for (const k of MODEL_KEYS) {
@@ -243,6 +248,11 @@ export function markdownTable(report: EvalReport): string {
   }
   const t = report.teacher_ddim25;
   const s = report.student_1step;
-  if (t && s) lines.push('', `student/teacher FD ratio ${f(s.fd / t.fd, 2)}; student sampling ${f(s.samples_per_s / t.samples_per_s, 1)}x the teacher's 25-step samples/s`);
+  if (t && s) {
+    const speed = reused.includes('teacher_ddim25')
+      ? "sampling speeds not compared: the teacher's samples/s is cached from its eval.json"
+      : `student sampling ${f(s.samples_per_s / t.samples_per_s, 1)}x the teacher's 25-step samples/s`;
+    lines.push('', `student/teacher FD ratio ${f(s.fd / t.fd, 2)}; ${speed}`);
+  }
   return lines.join('\n') + '\n';
 }
