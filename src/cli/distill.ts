@@ -38,6 +38,7 @@ interface DistillFlags {
   loraNullPromptProb?: number;
   loraLossWeighting?: 'official' | 'epsilon';
   vsdWeighting?: 'official' | 'dmd';
+  sdsWeight?: number;
   replicas?: number;
   studentUpdateEvery?: number;
   maxNonFiniteSteps?: number;
@@ -96,6 +97,7 @@ export function register(program: Command): void {
     .option('--t-max <t>', `largest VSD timestep (official ${d.tMax})`, int(0))
     .addOption(new Option('--lora-loss-weighting <w>', `LoRA teacher loss: official = mse(√ᾱ·ε_φ, √ᾱ·ε′), epsilon = plain mse(ε_φ, ε′) (official ${d.loraLossWeighting})`).choices(['official', 'epsilon']))
     .addOption(new Option('--vsd-weighting <w>', `student score gradient: official = σ_t²(ε_teacher − ε_lora), dmd = (ε_teacher − ε_lora) / mean|ε − ε_teacher| per sample (DMD's normalisation) (official ${d.vsdWeighting})`).choices(['official', 'dmd']))
+    .option('--sds-weight <λ>', `mix DreamFusion's SDS into the score gradient: fake score (1 − λ)·ε_lora + λ·ε, λ in [0, 1] (official ${d.sdsWeight}: pure VSD)`, float)
     .option('--lora-null-prompt-prob <p>', `null-prompt probability for the LoRA teacher (official ${d.loraNullPromptProb})`, float)
     .option('--student-update-every <n>', 'the student steps on every n-th optimiser step, the LoRA teacher on every one (DMD2-style two-time-scale update; official 1)', int(1))
     .option('--replicas <n>', 'data-parallel threads (main + n−1 workers), each computing whole micro-batches of a --grad-accum window: use both cores on the single-threaded wasm backend (needs --grad-accum ≥ n; default 1)', int(1))

@@ -89,6 +89,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
   if (config.replicas > config.gradAccum) throw new Error(`replicas (${config.replicas}) needs gradAccum ≥ replicas (got ${config.gradAccum}): each replica computes whole micro-batches of an accumulation window`);
   requireOneOf(config, 'loraLossWeighting', ['official', 'epsilon']);
   requireOneOf(config, 'vsdWeighting', ['official', 'dmd']);
+  if (!(config.sdsWeight >= 0 && config.sdsWeight <= 1)) throw new Error(`sdsWeight must be in [0, 1], got ${config.sdsWeight}`);
   const files = expandFiles(o.embeddings);
   const nullEmbedding = await readNullEmbedding(files);
   const state = await createDistillState({ teacherDir: o.teacher, nullEmbeds: nullEmbedding.embeds, embedShape: nullEmbedding.shape, config });

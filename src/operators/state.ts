@@ -56,6 +56,11 @@ export interface DistillConfig {
    * the two x0-predictions divided by how far the teacher's x0-prediction is from x̂0.
    */
   vsdWeighting: 'official' | 'dmd';
+  /**
+   * λ in [0, 1]: the score gradient uses (1 − λ)·ε_lora + λ·ε as the fake score, i.e. mixes
+   * DreamFusion's SDS (ε_teacher − ε) into VSD. 0 (official) is pure VSD.
+   */
+  sdsWeight: number;
   /** Probability (one draw per micro-batch) that the LoRA teacher trains on the null prompt. */
   loraNullPromptProb: number;
   /**
@@ -98,6 +103,7 @@ export const OFFICIAL_DEFAULTS: DistillConfig = {
   tMax: 980,
   loraLossWeighting: 'official',
   vsdWeighting: 'official',
+  sdsWeight: 0,
   loraNullPromptProb: 0.1,
   replicas: 1,
   studentUpdateEvery: 1,

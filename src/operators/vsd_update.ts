@@ -2,7 +2,8 @@
  * vsdUpdate: the student's Variational Score Distillation update.
  *
  * g = nan_to_num(σ_t² (ε_teacher − ε_lora)); L = 0.5·mean((x̂0 − sg(x̂0 − g))²), so dL/dx̂0 = g / numel.
- * (With vsdWeighting 'dmd', g = nan_to_num((ε_teacher − ε_lora) / mean|ε − ε_teacher|) per sample.)
+ * (With vsdWeighting 'dmd', g = nan_to_num((ε_teacher − ε_lora) / mean|ε − ε_teacher|) per sample;
+ * with sdsWeight λ > 0, ε_lora is replaced by (1 − λ)·ε_lora + λ·ε: λ = 1 is SDS.)
  * The student's gradient is that of Σ f_θ(z, y) · sg(g) / numel, taken under a fresh tape by
  * recomputing f_θ(z, y) (tfjs' tape is closure-scoped and cannot reach back into studentForward).
  * Gradients are summed over the accumulation window (each ×1/k); on the window's last micro-batch
@@ -33,13 +34,20 @@ export function nanToNum<T extends Tensor>(x: T): T {
  * The score gradient g = nan_to_num(w · (ε_teacher − ε_lora)), w per sample: σ_t² ('official'), or
  * 1 / mean|ε − ε_teacher| ('dmd': DMD's (μ_fake − μ_real) / mean|μ_real − x̂0|, where the factors
  * σ_t/√ᾱ_t of both x0-differences cancel). `noise` is the ε that noiseAtT added.
+ *
+ * With sdsWeight λ the fake score is (1 − λ)·ε_lora + λ·ε: λ = 0 is VSD, λ = 1 is DreamFusion's SDS
+ * (ε_teacher − ε). The SDS part pulls x̂0 towards the teacher's mode wherever the LoRA teacher
+ * models the student's samples as well as the teacher does, e.g. pixel noise that a LoRA on
+ * low-resolution attention cannot represent, so that VSD's difference there is ~0.
  */
 export function scoreGradient(state: DistillState, epsTeacher: Tensor4D, epsLora: Tensor4D, timesteps: number[], noise: Tensor4D): Tensor4D {
   return tf.tidy(() => {
     const weight = state.config.vsdWeighting === 'dmd'
       ? tf.reciprocal(tf.mean(tf.abs(tf.sub(noise, epsTeacher)), [1, 2, 3], true))
       : tf.tensor4d(timesteps.map((t) => 1 - state.schedule.alphaBar(t)), [timesteps.length, 1, 1, 1]);
-    return nanToNum(tf.mul(weight, tf.sub(epsTeacher, epsLora)));
+    const lambda = state.config.sdsWeight;
+    const fake = lambda > 0 ? tf.add(tf.mul(epsLora, 1 - lambda), tf.mul(noise, lambda)) : epsLora;
+    return nanToNum(tf.mul(weight, tf.sub(epsTeacher, fake)));
   });
 }
 

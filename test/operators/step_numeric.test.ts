@@ -55,16 +55,18 @@ function handWrittenRun(s: DistillState, batches: ReturnType<typeof fakeBatch>[]
           return tf.add(u, tf.mul(tf.sub(guided(lora, y), u), c.guidanceScale));
         };
         const epsTeacher = cfg(false);
+        // sdsWeight λ: the fake score is (1 − λ)·ε_lora + λ·ε (λ = 1: SDS's ε_teacher − ε).
+        const fake = () => tf.add(tf.mul(cfg(true), 1 - c.sdsWeight), tf.mul(eps, c.sdsWeight));
         // official: σ_t² (ε_tea − ε_lora); dmd: (μ_fake − μ_real) / mean|μ_real − x̂0| in x0 space.
         let g: Tensor;
         if (c.vsdWeighting === 'dmd') {
           const x0Of = (e: Tensor) => s.schedule.predictOriginal(e, xt, t);
           const muReal = x0Of(epsTeacher);
-          const muFake = x0Of(cfg(true));
+          const muFake = x0Of(fake());
           g = stopGradient(tf.div(tf.sub(muFake, muReal), tf.mean(tf.abs(tf.sub(muReal, stopGradient(x0))), [1, 2, 3], true)));
         } else {
           const sigma2 = tf.tensor4d(t.map((tt) => 1 - s.schedule.alphaBar(tt)), [b, 1, 1, 1]);
-          g = stopGradient(tf.mul(sigma2, tf.sub(epsTeacher, cfg(true))));
+          g = stopGradient(tf.mul(sigma2, tf.sub(epsTeacher, fake())));
         }
         const target = stopGradient(tf.sub(x0, g));
         return tf.mul(tf.mean(tf.square(tf.sub(x0, target))), 0.5) as tf.Scalar;
@@ -106,11 +108,11 @@ describe('one SwiftBrush step through the stream equals the hand-written loop', 
     teacher = await makeTinyTeacher();
   });
 
-  for (const [gradAccum, vsdWeighting] of [[1, 'official'], [2, 'official'], [2, 'dmd']] as const) {
-    it(`gradient accumulation k=${gradAccum}, ${vsdWeighting} weighting: student and LoRA weights agree to 1e-5`, async () => {
+  for (const [gradAccum, vsdWeighting, sdsWeight] of [[1, 'official', 0], [2, 'official', 0], [2, 'dmd', 0], [2, 'official', 0.3]] as const) {
+    it(`gradient accumulation k=${gradAccum}, ${vsdWeighting} weighting, SDS weight ${sdsWeight}: student and LoRA weights agree to 1e-5`, async () => {
       // Adam's first steps turn any gradient much larger than eps into ±lr, so round-off in gradients
       // of ~1e-7 would flip whole steps; a larger eps keeps the comparison about the stream's math.
-      const config = testConfig({ gradAccum, vsdWeighting, emaDecay: 0, adamEps: 1e-3 });
+      const config = testConfig({ gradAccum, vsdWeighting, sdsWeight, emaDecay: 0, adamEps: 1e-3 });
       const batches = Array.from({ length: 2 * gradAccum }, (_, i) => fakeBatch(i));
       const stream = await makeState(teacher, config);
       const hand = await makeState(teacher, config);
