@@ -18,8 +18,8 @@ const arg = (name: string, fallback: string) => {
 };
 const base = resolve(arg('base', '/tmp/base'));
 const here = resolve(import.meta.dirname, '..');
-const unet = resolve(arg('unet', resolve(here, '../shared/fixtures/diffusers-tiny-unet')));
-const scheduler = resolve(here, '../shared/fixtures/diffusers-scheduler');
+const unet = resolve(arg('unet', resolve(here, '../test/fixtures/diffusers-tiny-unet')));
+const scheduler = resolve(here, '../test/fixtures/diffusers-scheduler');
 const batch = Number(arg('batch', '8'));
 const steps = Number(arg('steps', '20'));
 const warmup = Number(arg('warmup', '2'));

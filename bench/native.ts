@@ -1,6 +1,6 @@
 /**
  * UNet forward and forward+backward time per backend: the fixture UNet
- * (../shared/fixtures/diffusers-tiny-unet, 4x16x16) at batch 8, median of --reps timed runs after
+ * (test/fixtures/diffusers-tiny-unet, 4x16x16) at batch 8, median of --reps timed runs after
  * --warmup untimed ones. Compares the native tensorflow backend (npm run native:build) with wasm,
  * and the project's Conv2D/BatchMatMul gradient rewrites with the stock gradients.
  *
@@ -13,6 +13,7 @@
  *
  * --grads per config: auto (src/backend.ts' per-backend choice), project (the rewrites), stock.
  */
+import { join } from 'node:path';
 import { availableParallelism, loadavg } from 'node:os';
 import { tf } from '../src/tf.ts';
 import type { Tensor3D, Tensor4D } from '../src/tf.ts';
@@ -31,7 +32,7 @@ const batch = Number(arg('batch', '8'));
 const tokens = Number(arg('tokens', '16'));
 const reps = Number(arg('reps', '7'));
 const warmup = Number(arg('warmup', '2'));
-const dir = arg('unet', '/work/shared/fixtures/diffusers-tiny-unet');
+const dir = arg('unet', join(import.meta.dirname, '../test/fixtures/diffusers-tiny-unet'));
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 

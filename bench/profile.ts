@@ -19,7 +19,7 @@ const batch = Number(arg('batch', '8'));
 const top = Number(arg('top', '25'));
 const unet = process.argv.includes('--teacher-config')
   ? UNet2DConditionModel.fromConfig(TEACHER_UNET_CONFIG, { seed: 1 })
-  : await UNet2DConditionModel.fromPretrained(arg('unet', '../shared/fixtures/diffusers-tiny-unet'), { trainable: true });
+  : await UNet2DConditionModel.fromPretrained(arg('unet', new URL('../test/fixtures/diffusers-tiny-unet', import.meta.url).pathname), { trainable: true });
 const c = unet.config;
 const D = Array.isArray(c.cross_attention_dim) ? c.cross_attention_dim[0]! : c.cross_attention_dim;
 const size = c.sample_size as number;

@@ -36,8 +36,8 @@ import { loraGradients, loraUpdate } from './lora_update.ts';
 import { emaUpdate } from './ema_update.ts';
 import { ReplicaPool } from '../parallel/replica_pool.ts';
 
-export const FIXTURE_UNET = '../shared/fixtures/diffusers-tiny-unet';
-export const FIXTURE_SCHEDULER = '../shared/fixtures/diffusers-scheduler';
+export const FIXTURE_UNET = new URL('../../test/fixtures/diffusers-tiny-unet', import.meta.url).pathname;
+export const FIXTURE_SCHEDULER = new URL('../../test/fixtures/diffusers-scheduler', import.meta.url).pathname;
 
 export interface BenchOptions {
   /** A pipeline folder (unet/ + scheduler/) or a bare unet folder (then `scheduler` or ../scheduler). */

@@ -1,4 +1,4 @@
-/** The shared fixtures: inspect --json vs expected.json, every bad file refused with a clear message. */
+/** The Parquet fixtures: inspect --json vs expected.json, every bad file refused with a clear message. */
 import { describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -10,7 +10,7 @@ import { embeddingBatches, inspectEmbeddings } from '../../src/streams/reader.ts
 import { register as registerInspect } from '../../src/cli/inspect.ts';
 
 const run = promisify(execFile);
-const FIX = join(import.meta.dirname, '../../../shared/fixtures');
+const FIX = join(import.meta.dirname, '../fixtures');
 const GOOD = join(FIX, 'parquet');
 const BAD = join(FIX, 'parquet-bad');
 const BIN = join(import.meta.dirname, '../../bin/swiftbrush.mjs');

@@ -10,7 +10,7 @@ import { makeRows, tempDir } from './helpers.ts';
 
 const tmp = tempDir();
 afterAll(() => tmp.cleanup());
-const NPY = join(import.meta.dirname, '../../../shared/fixtures/npy-prompts');
+const NPY = join(import.meta.dirname, '../fixtures/npy-prompts');
 
 function npyBytes(descr: string, shape: number[], data: Uint8Array, extra = '', version = 1): Uint8Array {
   let header = `{'descr': '${descr}', 'fortran_order': ${extra === 'F' ? 'True' : 'False'}, 'shape': (${shape.join(', ')}${shape.length === 1 ? ',' : ''}), }`;
