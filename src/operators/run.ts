@@ -6,7 +6,7 @@
  */
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { firstValueFrom, lastValueFrom, takeWhile, type OperatorFunction } from 'rxjs';
+import { firstValueFrom, lastValueFrom, takeWhile, tap, type OperatorFunction } from 'rxjs';
 import { checkEmbeddingWidth, embeddingBatches, expandFiles, modelWidth, readNullEmbedding } from '../streams/reader.ts';
 import { RUN_DEFAULTS, OFFICIAL_DEFAULTS, SETTINGS, SETTING_KEYS, checkSettings, checkSettingsTogether, distillConfig, flagOf, formatChanges, pickDistillConfig, resumeSettings, type RunSettings, type SettingKey } from '../swiftbrush/config.ts';
 import { yieldToEventLoop } from './yield_to_event_loop.ts';
@@ -208,23 +208,24 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
     if (startStep >= steps) {
       log.info({ step: startStep }, 'already at the requested number of steps');
     } else {
-      // The stop request is sampled once per micro-batch, after the event loop has turned (so a
-      // signal that came during the step is seen), and every later operator reads that one answer.
+      // The stop request is sampled after each micro-batch once the event loop has turned (so a
+      // signal that came during the step is seen), again after a validation grid, and the
+      // checkpoint and the end of the stream read that one answer: a stop asked at any moment
+      // ends the run at the end of the optimiser step under way, or of the next one when it came
+      // while this step's checkpoint was being written.
       let stopSampled = false;
-      const stop = () => stopSampled;
-      const isLast = (ctx: StepContext) => ctx.closesWindow && (ctx.step >= steps || stop());
-      const operators: OperatorFunction<StepContext, StepContext>[] = [
-        yieldToEventLoop(() => {
-          stopSampled = Boolean(o.stopRequested?.());
-        }),
-      ];
+      const sampleStop = () => {
+        stopSampled = Boolean(o.stopRequested?.());
+      };
+      const isLast = (ctx: StepContext) => ctx.closesWindow && (ctx.step >= steps || stopSampled);
+      const operators: OperatorFunction<StepContext, StepContext>[] = [yieldToEventLoop(sampleStop)];
       if (settings.validationEvery > 0) {
         const v = await validationPrompts(files, settings.validationPrompts, width);
-        operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, seed: config.seed }));
+        operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, seed: config.seed }), tap(sampleStop));
       }
       operators.push(
-        checkpoint(state, { out: o.out, every: settings.checkpointEvery, keep: settings.checkpointsTotalLimit, force: isLast }),
         metricsJsonl(state, join(o.out, 'metrics.jsonl')),
+        checkpoint(state, { out: o.out, every: settings.checkpointEvery, keep: settings.checkpointsTotalLimit, force: isLast }),
         progress(state, { totalSteps: steps, startStep, tty: o.tty }),
         ...(o.operators?.(state) ?? []),
       );
