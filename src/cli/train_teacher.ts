@@ -30,14 +30,14 @@ export function register(program: Command): void {
       let last = 0;
       try {
         await trainTeacher({
-        ...o,
-        resume: Boolean(o.resume),
-        shouldStop: signals.requested,
-        onStep: ({ step, loss, gradNorm, secondsPerStep }) => {
-          ema = ema ? 0.98 * ema + 0.02 * loss : loss;
-          last = step;
-          if (step % 20 === 0 || step <= 3) log.info({ step, loss: +ema.toFixed(5), gradNorm: +gradNorm.toFixed(3), s_per_step: +secondsPerStep.toFixed(3) }, 'teacher');
-        },
+          ...o,
+          resume: Boolean(o.resume),
+          shouldStop: signals.requested,
+          onStep: ({ step, loss, gradNorm, secondsPerStep }) => {
+            ema = ema ? 0.98 * ema + 0.02 * loss : loss;
+            last = step;
+            if (step % 20 === 0 || step <= 3) log.info({ step, loss: +ema.toFixed(5), gradNorm: +gradNorm.toFixed(3), s_per_step: +secondsPerStep.toFixed(3) }, 'teacher');
+          },
         });
         reportStop(signals, last, `npx swiftbrush train-teacher --out ${o.out} --resume`);
       } finally {
