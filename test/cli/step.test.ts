@@ -58,7 +58,8 @@ export function compareStep(got: Map<string, StoredTensor>, want: Map<string, St
     }
     errors.push({ key, maxDiff, tolerance: REL * maxAbs + ABS });
   }
-  errors.sort((x, y) => y.maxDiff / y.tolerance - x.maxDiff / x.tolerance || Number.isNaN(y.maxDiff) - Number.isNaN(x.maxDiff));
+  const badness = (e: KeyError) => (Number.isNaN(e.maxDiff) ? Infinity : e.maxDiff / e.tolerance);
+  errors.sort((x, y) => badness(y) - badness(x));
   return { missing, extra, errors, studentRelL2: Math.sqrt(diff2 / norm2) };
 }
 

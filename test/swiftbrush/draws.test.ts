@@ -2,7 +2,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../../src/backend.ts';
 import { tf } from '../../src/tf.ts';
-import { GivenDraws, SeededDraws } from '../../src/swiftbrush/draws.ts';
+import { GivenDraws, SeededDraws, type Draws } from '../../src/swiftbrush/draws.ts';
 import { STREAMS, StepRng } from '../../src/util/rng.ts';
 import type { StoredTensor } from '../../src/models/safetensors.ts';
 
@@ -12,7 +12,7 @@ beforeAll(async () => {
 
 describe('SeededDraws', () => {
   it('draws what the run seed, micro-step and stream key (the numbers of every earlier run)', () => {
-    const draws = new SeededDraws(11);
+    const draws: Draws = new SeededDraws(11);
     const rng = new StepRng(11);
     const shape: [number, number, number, number] = [2, 4, 4, 1];
     const same = (a: tf.Tensor, b: tf.Tensor) => {
