@@ -10,6 +10,7 @@
  * (guidance default DEFAULT_DDIM_GUIDANCE). See src/eval/sampling.ts.
  */
 import type { Command } from 'commander';
+import { existsSync, statSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { initBackend } from '../backend.ts';
@@ -49,6 +50,7 @@ export interface SampleResult {
 export async function sampleToDir(o: SampleOptions): Promise<SampleResult> {
   const steps = o.steps ?? 1;
   const guidanceScale = o.guidanceScale ?? (steps === 1 ? 1 : DEFAULT_DDIM_GUIDANCE);
+  if (existsSync(o.out) && !statSync(o.out).isDirectory()) throw new Error(`--out ${o.out} is a file, not a folder: name a folder for images.safetensors, prompts.txt and grid.png`);
   // Shapes before any work: the embeddings' width against the UNet's cross_attention_dim.
   const model = await unetWidth(o.unet);
   const { prompts, embeds, shape } = await readPromptEmbeddings(o.embeddings, o.limit, model);
