@@ -172,7 +172,7 @@ async function teacherWidth(teacherDir: string): Promise<{ width: number; model:
   const path = join(dirs.unet, 'config.json');
   const config = JSON.parse(await readFile(path, 'utf8')) as { cross_attention_dim?: number | number[] };
   if (config.cross_attention_dim === undefined) throw new Error(`${path}: no cross_attention_dim`);
-  return { width: modelWidth(config.cross_attention_dim, path), model: `${dirs.unet} (config.json)` };
+  return { width: modelWidth(config.cross_attention_dim, path), model: path };
 }
 
 export async function runDistillation(o: DistillRunOptions): Promise<DistillRunResult> {

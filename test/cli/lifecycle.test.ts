@@ -94,7 +94,7 @@ describe('shapes are checked before any work', () => {
     const file = join(dir, 'narrow.parquet');
     const rows = makeRows(6, 8, 16, (r) => (r === 0 ? '' : `prompt ${r}`));
     writeLayout(file, 'list', rows.prompts, rows.embeds, [8, 16]);
-    const message = `${file}: embeddings are [8, 16] per row (D = 16, from its swiftbrush.embedding_shape metadata), but the UNet ${join(teacher, 'unet')}`;
+    const message = `${file}: embeddings are [8, 16] per row (D = 16, from its swiftbrush.embedding_shape metadata), but the UNet ${join(teacher, 'unet', 'config.json')}`;
     const out = join(dir, 'run');
     const distill = runCli(tinyDistillArgs(teacher, out, ['--embeddings', file, '--steps', '1']));
     expect(distill.status).toBe(1);
