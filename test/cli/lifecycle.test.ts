@@ -143,10 +143,12 @@ describe('signals', () => {
 
   it('a second SIGINT ends the process at once, keeping every complete checkpoint', { timeout: 300_000 }, async () => {
     const out = join(await tmp('sb-signal2-'), 'run');
-    const run = start(tinyDistillArgs(teacher, out, ['--steps', '50', '--checkpoint-every', '1']));
-    await waitFor(() => lines(join(out, 'metrics.jsonl')) >= 2, '2 steps');
+    // Windows of 4 micro-batches: the first signal, sent as a window starts, is seen after its first
+    // micro-batch; the second, sent once the first was seen, lands while 3 micro-batches remain.
+    const run = start(tinyDistillArgs(teacher, out, ['--steps', '50', '--grad-accum', '4', '--checkpoint-every', '1']));
+    await waitFor(() => existsSync(out) && checkpoints(out).length >= 1, 'a checkpoint');
     run.child.kill('SIGINT');
-    await sleep(50);
+    await waitFor(() => run.stderr().includes('stopping:'), 'the first signal to be seen');
     run.child.kill('SIGINT');
     const { code, signal } = await run.exit;
     expect({ code, signal }, run.stderr()).toEqual({ code: null, signal: 'SIGINT' });
