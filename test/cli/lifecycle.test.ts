@@ -117,10 +117,11 @@ describe('signals', () => {
     const s = runCli(tinyDistillArgs(teacher, straight, extra));
     expect(s.status, s.stderr).toBe(0);
 
-    const rnd = random(20261201);
+    const seed = Number(process.env.SWIFTBRUSH_SIGNAL_SEED ?? 20261201);
+    const rnd = random(seed);
     const afterSteps = 1 + Math.floor(rnd() * 3);
     const delayMs = Math.floor(rnd() * 1500);
-    const moment = `signal after ${afterSteps} step(s) + ${delayMs} ms`;
+    const moment = `seed ${seed}: signal after ${afterSteps} step(s) + ${delayMs} ms`;
     const run = start(tinyDistillArgs(teacher, stopped, extra));
     await waitFor(() => lines(join(stopped, 'metrics.jsonl')) >= afterSteps, `${afterSteps} steps`);
     await sleep(delayMs);
