@@ -273,7 +273,5 @@ export async function readTrainingState(state: DistillState, dir: string): Promi
   return { step: json.step, microStep: json.microStep, counters: json.counters };
 }
 
-/** Whether optimiser step `step` (0-based: the steps completed before it) updates the student. */
-export function updatesStudent(config: Pick<DistillConfig, 'studentUpdateEvery'>, step: number): boolean {
-  return (step + 1) % config.studentUpdateEvery === 0;
-}
+/** Kept importable from here for code that reads it with the config; defined in src/swiftbrush/rules.ts. */
+export { updatesStudent } from '../swiftbrush/rules.ts';
