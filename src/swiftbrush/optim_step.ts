@@ -60,3 +60,8 @@ export function flushStudent(state: DistillState): void {
 export function flushLora(state: DistillState): void {
   if (!state.loraGrads.empty) stepLora(state, state.loraGrads.take());
 }
+
+/** After a window's steps, the student's EMA moves towards the new weights (decay for `step` steps taken). */
+export function updateEma(state: DistillState, step: number): void {
+  state.ema?.update(state.ema.decayAt(step));
+}

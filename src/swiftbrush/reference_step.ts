@@ -11,7 +11,7 @@ import type { Tensor, Tensor3D, Tensor4D } from '../tf.ts';
 import type { NamedGrads } from '../models/optim.ts';
 import type { DistillState } from '../operators/state.ts';
 import { guidedEpsilon, latentShape, loraCondition, loraGradients, loraTrainingSample, scoreGradient, studentX0, vsdLossValue } from './math.ts';
-import { flushLora, flushStudent, stepLora, stepStudent } from './optim_step.ts';
+import { flushLora, flushStudent, stepLora, stepStudent, updateEma } from './optim_step.ts';
 import { finishWindow, updatesStudent, windowPosition, type WindowPosition } from './rules.ts';
 
 /** What one micro-batch reports (the stream's `ctx.metrics`). */
@@ -113,7 +113,7 @@ export function referenceStep(state: DistillState, microStep: number, position: 
   metrics.gradNormLora = r.norm;
   metrics.skippedLora = r.skipped;
   const step = finishWindow(state, position.step, Boolean(metrics.skippedStudent || metrics.skippedLora));
-  state.ema?.update(state.ema.decayAt(step));
+  updateEma(state, step);
   return { metrics, step };
 }
 
