@@ -4,8 +4,8 @@
  * Measures, on one UNet (default: the diffusers fixture, 4x16x16) at one batch size:
  * - the median seconds per step of the REAL stream (`distill`, fed by an in-memory pulled source);
  * - the median seconds per step of the REFERENCE loop (src/swiftbrush/reference_step.ts: the same
- *   math, optimiser steps and rules, no RxJS, the student's gradient under one tape; the difference
- *   is the stream's overhead, including its recomputed student forward);
+ *   math, optimiser steps and rules, the same UNet passes, no RxJS; the difference is the stream's
+ *   overhead);
  * - each operator's share of the step (the six operators + EMA, each wrapped in a timer, in a third
  *   composed stream of the same operators);
  * - UNet forward (no tape) and forward+backward (grads of every student weight) in ms;
@@ -75,7 +75,7 @@ export interface BenchResult {
   params: number;
   /** Median seconds per step: the real `distill` stream. */
   step_s: number;
-  /** Median seconds per step: the reference loop (same math, no RxJS, one tape for the student). */
+  /** Median seconds per step: the reference loop (same math and UNet passes, no RxJS). */
   fused_step_s: number;
   /**
    * The stream's overhead: the median over pairs of (stream step / fused step) − 1, where each pair
@@ -203,8 +203,8 @@ function timedOperator(name: string, op: OperatorFunction<StepContext, StepConte
 
 /**
  * One micro-batch of the reference loop (src/swiftbrush/reference_step.ts: the same math, optimiser
- * steps and training rules as the stream, no RxJS, the student's gradient under one tape), as its
- * own window (k = 1), numbered like the stream numbers micro-step `microStep` at gradAccum 1.
+ * steps, training rules and UNet passes as the stream, no RxJS), as its own window (k = 1),
+ * numbered like the stream numbers micro-step `microStep` at gradAccum 1.
  */
 export function fusedStep(state: DistillState, microStep: number, batch: EmbeddingBatch): void {
   const y = tf.tensor3d(batch.embeds, batch.shape);

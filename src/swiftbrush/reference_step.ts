@@ -1,10 +1,12 @@
 /**
  * The reference loop: the SwiftBrush step written the way the official PyTorch script writes it,
  * micro-batch by micro-batch, with no RxJS. It calls the same math (math.ts), optimiser steps
- * (optim_step.ts), training rules (rules.ts) and draws as the operators, but takes the student's
- * gradient under ONE tape over x̂0 → L = 0.5·mse(x̂0, sg(x̂0 − g)), as PyTorch's autograd does,
- * where the stream recomputes f_θ(z, y) under a second tape. A test keeps the stream equal to this
- * loop for every option; the benchmark times it beside the stream.
+ * (optim_step.ts), training rules (rules.ts) and draws as the operators, but differentiates the
+ * official loss itself, L = 0.5·mse(x̂0, sg(x̂0 − g)), under one tape over f_θ(z, y) → L, where the
+ * stream takes the gradient of Σ f_θ(z, y)·sg(g)/numel (the same gradient). Both run the student
+ * forward twice (once untaped for the teachers, once on the tape), so the benchmark's difference
+ * between them is the stream's own overhead. A test keeps the stream equal to this loop for every
+ * option.
  */
 import { tf } from '../tf.ts';
 import type { Tensor, Tensor3D, Tensor4D } from '../tf.ts';
@@ -24,39 +26,37 @@ export interface ReferenceMetrics {
   skippedLora?: boolean;
 }
 
-/** A copy with no link to the gradient tape: torch's `.detach()`. */
-function detached<T extends Tensor>(x: T): T {
-  return tf.tensor(x.dataSync(), x.shape, x.dtype) as T;
-}
-
 /**
- * The student's part of one micro-batch under one tape: returns sg(x̂0) (for the LoRA teacher), the
- * VSD loss's value and the gradients of L = 0.5·mean((x̂0 − sg(x̂0 − g))²) w.r.t. every student weight.
+ * The student's part of one micro-batch: x̂0 (no tape) for both teachers and the LoRA teacher, then
+ * the gradients of L = 0.5·mean((x̂0 − sg(x̂0 − g))²) w.r.t. every student weight under one tape over
+ * f_θ(z, y) → L, where sg(x̂0 − g) is built from the untaped x̂0 (bitwise the same forward).
  */
 function studentPart(state: DistillState, microStep: number, z: Tensor4D, y: Tensor3D): { x0: Tensor4D; lossVsd: number; grads: NamedGrads } {
   const c = state.config;
   const b = y.shape[0];
+  const x0 = studentX0(state, z, y);
   const timesteps = state.draws.timesteps(microStep, b, c.tMin, c.tMax);
   const noise = state.draws.noise(microStep, z.shape);
-  const params = state.student.store.named();
-  let x0: Tensor4D | undefined;
-  let lossVsd = 0;
   try {
-    const { value, grads } = tf.variableGrads(() => {
-      const x0Taped = studentX0(state, z, y);
-      x0 = tf.keep(detached(x0Taped));
+    const target = tf.tidy(() => {
       const xt = state.schedule.addNoise(x0, noise, timesteps) as Tensor4D;
       const epsTeacher = guidedEpsilon(state, false, xt, timesteps, y, c.guidanceScale);
       const epsLora = guidedEpsilon(state, true, xt, timesteps, y, c.guidanceScale);
-      const g = scoreGradient(state, epsTeacher, epsLora, timesteps, noise);
-      lossVsd = vsdLossValue(g);
-      const target = tf.sub(x0, g); // sg(x̂0 − g): built from the detached copy
-      return tf.mul(tf.mean(tf.square(tf.sub(x0Taped, target))), 0.5) as tf.Scalar;
-    }, [...params.values()]);
-    value.dispose();
-    return { x0: x0!, lossVsd, grads: new Map([...params].map(([name, v]) => [name, grads[v.name]!])) };
+      return tf.keep(scoreGradient(state, epsTeacher, epsLora, timesteps, noise));
+    });
+    const lossVsd = vsdLossValue(target);
+    const sgTarget = tf.sub(x0, target); // sg(x̂0 − g)
+    target.dispose();
+    const params = state.student.store.named();
+    try {
+      const { value, grads } = tf.variableGrads(() => tf.mul(tf.mean(tf.square(tf.sub(studentX0(state, z, y), sgTarget))), 0.5) as tf.Scalar, [...params.values()]);
+      value.dispose();
+      return { x0, lossVsd, grads: new Map([...params].map(([name, v]) => [name, grads[v.name]!])) };
+    } finally {
+      sgTarget.dispose();
+    }
   } catch (err) {
-    x0?.dispose();
+    x0.dispose();
     throw err;
   } finally {
     noise.dispose();
