@@ -14,7 +14,6 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { log } from '../log.ts';
 import { NUM_PROMPTS, PROMPTS, parsePrompt } from '../mnist/prompts.ts';
 import { Scorer } from '../mnist/score.ts';
@@ -23,8 +22,9 @@ import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { generate, loadPipeline, readNullPrompt, readPromptEmbeddings, type Pipeline, PIXEL_RANGE } from './sampling.ts';
 import { NoiseSchedule } from '../models/schedule.ts';
 import { resolveTeacherDirs } from '../operators/state.ts';
+import { DEFAULT_EMBEDDINGS } from '../default_data.ts';
 
-export const DEFAULT_EMBEDDINGS = fileURLToPath(new URL('../../data/embeddings.parquet', import.meta.url));
+export { DEFAULT_EMBEDDINGS } from '../default_data.ts';
 /** CFG scale of the teacher's 25-step baseline when none is given. */
 export const DEFAULT_TEACHER_GUIDANCE = 3;
 /** Teacher DDIM samples of the grid, cached beside the teacher's eval.json. */
