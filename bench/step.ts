@@ -35,9 +35,9 @@ import { noiseAtTPrime } from '../src/operators/noise_at_t_prime.ts';
 import { loraGradients, loraUpdate } from '../src/operators/lora_update.ts';
 import { emaUpdate } from '../src/operators/ema_update.ts';
 import { ReplicaPool } from '../src/parallel/replica_pool.ts';
+import { FIXTURE_SCHEDULER, FIXTURE_UNET, median } from './common.ts';
 
-export const FIXTURE_UNET = new URL('../test/fixtures/diffusers-tiny-unet', import.meta.url).pathname;
-export const FIXTURE_SCHEDULER = new URL('../test/fixtures/diffusers-scheduler', import.meta.url).pathname;
+export { FIXTURE_SCHEDULER, FIXTURE_UNET };
 
 export interface BenchOptions {
   /** A pipeline folder (unet/ + scheduler/) or a bare unet folder (then `scheduler` or ../scheduler). */
@@ -98,11 +98,6 @@ export interface BenchResult {
   data_parallel?: { replicas: number; micro_batch: number; step_s: number; speedup: number };
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 const mib = (bytes: number) => bytes / 1024 / 1024;
 
 /** Deterministic embeddings [B, L, D] for micro-batch i. */
