@@ -24,7 +24,7 @@ import type { Tensor, Tensor2D, Tensor4D, Variable } from '../tf.ts';
 import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 import { clampModelRange, IMAGE_PIXELS, IMAGE_SIZE, type MnistSplit } from './dataset.ts';
-import { mulberry32, normalSampler, permutation } from './rng.ts';
+import { mulberry32, normalSampler, permutation } from '../util/rng.ts';
 import { DEFAULT_CLASSIFIER_DIR } from '../default_data.ts';
 
 /** data/classifier of this package (independent of the working directory). */

@@ -34,7 +34,7 @@ import { resolve, join, dirname, basename, sep } from 'node:path';
 import { Observable, type SchedulerLike, type Subscription } from 'rxjs';
 import { EmbeddingFormatError } from './errors.ts';
 import { EmbeddingFile, type OpenOptions } from './parquet.ts';
-import { hashSeed, Rng } from './rng.ts';
+import { mixSeed, Rng } from '../util/rng.ts';
 export { inspectEmbeddings, type InspectReport } from './inspect.ts';
 export { EmbeddingFormatError } from './errors.ts';
 
@@ -354,8 +354,8 @@ async function* batchesOf(plan: Plan, o: EmbeddingStreamOptions): AsyncGenerator
   }
 
   for (; epoch < epochs; epoch++) {
-    const order = shuffle ? new Rng(hashSeed(seed, epoch, 1)).shuffle([...plan.shard]) : plan.shard;
-    const rng = new Rng(hashSeed(seed, epoch, 2));
+    const order = shuffle ? new Rng(mixSeed(seed, epoch, 1)).shuffle([...plan.shard]) : plan.shard;
+    const rng = new Rng(mixSeed(seed, epoch, 2));
     let skipping = batchIndex < startBatch;
     const firstIndex = batchIndex;
 
