@@ -142,7 +142,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
       const operators: OperatorFunction<StepContext, StepContext>[] = [];
       if (o.validationEvery && o.validationEvery > 0) {
         const v = await validationPrompts(files, o.validationPrompts ?? 8);
-        operators.push(validation(state, { out: o.out, every: o.validationEvery, embeds: v.embeds, shape: v.shape, seed: config.seed }));
+        operators.push(validation(state, { out: o.out, every: o.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed }));
       }
       operators.push(
         checkpoint(state, { out: o.out, every: o.checkpointEvery ?? 500, keep: o.checkpointsTotalLimit ?? 3, force: isLast }),
