@@ -2,7 +2,7 @@
  * The embedding stream: Parquet row groups → batches of ONE contiguous Float32Array [B, L, D] plus
  * their prompt strings, as a pulled RxJS Observable.
  *
- * Decisions (see also README / DESIGN §2):
+ * Decisions (see also src/streams/README.md):
  * - Pull, bounded: a row group is decoded only when a batch is being produced, and a batch is
  *   produced only while fewer than `prefetch` batches are produced-but-unacknowledged. Without
  *   `demand`, a batch is acknowledged when `subscriber.next` returns (synchronous operators have then
