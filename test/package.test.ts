@@ -21,7 +21,7 @@ function readmeExample(): string {
   return block[1]!;
 }
 
-function run(cmd: string, args: string[], cwd: string, timeout = 120_000): string {
+function run(cmd: string, args: string[], cwd: string, timeout = 300_000): string {
   try {
     return execFileSync(cmd, args, { cwd, encoding: 'utf8', timeout, env: { ...process.env, SWIFTBRUSH_LOG_LEVEL: 'warn', VITEST: undefined } });
   } catch (err) {
@@ -53,7 +53,7 @@ describe('the package', () => {
       writeFileSync(join(scratch, 'package.json'), JSON.stringify({ name: 'user', private: true, type: 'module' }));
       // A user runs `npm install PATH/TO/swiftbrush-rx rxjs`; offline, rxjs (a peer dependency) comes
       // from this repository's node_modules instead of the registry.
-      run('npm', ['install', '--offline', '--no-audit', '--no-fund', '--ignore-scripts', root, join(root, 'node_modules', 'rxjs')], scratch, 180_000);
+      run('npm', ['install', '--offline', '--no-audit', '--no-fund', '--ignore-scripts', root, join(root, 'node_modules', 'rxjs')], scratch, 300_000);
       const example = readmeExample();
       writeFileSync(join(scratch, 'example.mjs'), example);
       writeFileSync(join(scratch, 'example.mts'), example);
@@ -72,6 +72,6 @@ describe('the package', () => {
       expect(out).toMatch(/micro-batch 0: VSD loss \d/);
       expect(out).toContain(`student: ${join('runs', 'example', 'student')}`);
       expect(existsSync(join(scratch, 'runs', 'example', 'student', 'unet', 'diffusion_pytorch_model.safetensors'))).toBe(true);
-    }, 300_000);
+    }, 900_000);
   });
 });
