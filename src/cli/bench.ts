@@ -1,13 +1,13 @@
 /**
  * `swiftbrush bench`: median seconds per SwiftBrush step of the real stream vs a fused hand loop,
  * each operator's share, UNet forward / forward+backward, peak RSS and tensor drift
- * (library: src/operators/bench.ts). `npm run bench` = `swiftbrush bench --json`.
+ * (library: bench/step.ts). `npm run bench` = `swiftbrush bench --json`.
  */
 import { Option, type Command } from 'commander';
-import { DEFAULT_EMBEDDINGS } from '../eval/evaluate.ts';
 import { initBackend } from '../backend.ts';
-import { FIXTURE_SCHEDULER, FIXTURE_UNET, runBench, type BenchOptions } from '../operators/bench.ts';
+import { FIXTURE_SCHEDULER, FIXTURE_UNET, runBench, type BenchOptions } from '../../bench/step.ts';
 import { backendOption, int } from './options.ts';
+import { DEFAULT_EMBEDDINGS } from '../default_data.ts';
 
 type BenchFlags = Omit<BenchOptions, 'onProgress' | 'config'> & { embeddings: string; backend?: string; json?: boolean };
 

@@ -20,6 +20,7 @@ import { metricsJsonl } from './metrics.ts';
 import { progress } from './progress.ts';
 import { ReplicaPool } from '../parallel/replica_pool.ts';
 import { tf } from '../tf.ts';
+import { initBackend } from '../backend.ts';
 import { createDistillState, disposeDistillState, readTrainingState, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
 import { validation } from './validation.ts';
 import { copyFile, mkdir, readFile } from 'node:fs/promises';
@@ -58,6 +59,26 @@ export interface DistillRunOptions {
   /** Extra operators after the built-in ones, given the run's state (built before the stream starts). */
   operators?: (state: DistillState) => OperatorFunction<StepContext, StepContext>[];
   tty?: boolean;
+  /**
+   * TensorFlow.js backend (`auto`, `tensorflow`, `wasm`, `cpu`). Unset: the one already chosen by
+   * `initBackend`, else `SWIFTBRUSH_BACKEND`, else `auto` (the fastest that loads).
+   */
+  backend?: string;
+}
+
+/** Every option of runDistillation, so that an unknown one (a typo, `batchSize` outside `config`) is refused by name. */
+const RUN_OPTIONS: Record<keyof DistillRunOptions, true> = {
+  teacher: true, embeddings: true, out: true, steps: true, config: true, checkpointEvery: true, checkpointsTotalLimit: true,
+  resume: true, validationEvery: true, validationPrompts: true, prefetch: true, shuffle: true, shuffleBuffer: true,
+  exportRawWeights: true, defaults: true, stopRequested: true, operators: true, tty: true, backend: true,
+};
+
+function refuseUnknownOptions(o: object): void {
+  for (const key of Object.keys(o)) {
+    if (key in RUN_OPTIONS) continue;
+    const hint = key in OFFICIAL_DEFAULTS ? ` (a training setting: pass it as config: { ${key} })` : '';
+    throw new Error(`runDistillation: unknown option '${key}'${hint}; options are ${Object.keys(RUN_OPTIONS).join(', ')}`);
+  }
 }
 
 export interface DistillRunResult {
@@ -176,6 +197,8 @@ async function teacherWidth(teacherDir: string): Promise<{ width: number; model:
 }
 
 export async function runDistillation(o: DistillRunOptions): Promise<DistillRunResult> {
+  refuseUnknownOptions(o);
+  await initBackend(o.backend);
   const { settings, resumeFrom } = await resolveRunSettings(o);
   const config: DistillConfig = distillConfig(pickDistillConfig(settings));
   if (!config.lrDecaySteps) config.lrDecaySteps = settings.steps;
@@ -221,7 +244,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
       const operators: OperatorFunction<StepContext, StepContext>[] = [yieldToEventLoop(sampleStop)];
       if (settings.validationEvery > 0) {
         const v = await validationPrompts(files, settings.validationPrompts, width);
-        operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, seed: config.seed }), tap(sampleStop));
+        operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed }), tap(sampleStop));
       }
       operators.push(
         metricsJsonl(state, join(o.out, 'metrics.jsonl')),
