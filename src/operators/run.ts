@@ -5,7 +5,7 @@
  * (diffusers layout, EMA weights by default), the LoRA teacher (PEFT) and the run's config.
  */
 import { join } from 'node:path';
-import { firstValueFrom, lastValueFrom, takeWhile, type OperatorFunction } from 'rxjs';
+import { firstValueFrom, lastValueFrom, type OperatorFunction } from 'rxjs';
 import { embeddingBatches, expandFiles, readNullEmbedding } from '../streams/reader.ts';
 import { latestCheckpoint } from '../util/checkpoint.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
@@ -114,6 +114,9 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
     if (startStep >= o.steps) {
       log.info({ step: startStep }, 'already at the requested number of steps');
     } else {
+      // The run ends after the window that reaches `steps`, or the first window to close after a stop
+      // request; distill asks this once per micro-batch and completes after the last, so no step beyond
+      // it is computed, and the checkpoint written at that step holds exactly the weights exported.
       const stop = () => Boolean(o.stopRequested?.());
       const isLast = (ctx: StepContext) => ctx.closesWindow && (ctx.step >= o.steps || stop());
       const operators: OperatorFunction<StepContext, StepContext>[] = [];
@@ -122,7 +125,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
         operators.push(validation(state, { out: o.out, every: o.validationEvery, embeds: v.embeds, shape: v.shape, seed: config.seed }));
       }
       operators.push(
-        checkpoint(state, { out: o.out, every: o.checkpointEvery ?? 500, keep: o.checkpointsTotalLimit ?? 3, force: isLast }),
+        checkpoint(state, { out: o.out, every: o.checkpointEvery ?? 500, keep: o.checkpointsTotalLimit ?? 3 }),
         metricsJsonl(state, join(o.out, 'metrics.jsonl')),
         progress(state, { totalSteps: o.steps, startStep, tty: o.tty }),
         ...(o.operators?.(state) ?? []),
@@ -131,9 +134,10 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
         firstMicroStep,
         firstStep: startStep,
         operators,
+        stopAfter: isLast,
         batches: (demand) =>
           embeddingBatches({ files, batchSize: config.batchSize, shuffle: o.shuffle ?? true, shuffleBuffer: o.shuffleBuffer, seed: config.seed, epochs: Infinity, startBatch: firstMicroStep, prefetch: o.prefetch ?? 2, demand }),
-      }).pipe(takeWhile((ctx) => !isLast(ctx), true));
+      });
       const last = await lastValueFrom(steps$, { defaultValue: undefined });
       startStep = last?.step ?? startStep;
     }
