@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import { firstValueFrom, lastValueFrom, type OperatorFunction } from 'rxjs';
 import { embeddingBatches, expandFiles, readNullEmbedding } from '../streams/reader.ts';
-import { latestCheckpoint } from '../util/checkpoint.ts';
+import { latestCheckpoint, removeLeftovers } from '../util/checkpoint.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 import { log } from '../log.ts';
 import type { StepContext } from './context.ts';
@@ -96,6 +96,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
   try {
     let firstMicroStep = 0;
     let startStep = 0;
+    if (o.resume) await removeLeftovers(o.out); // of a run killed while it wrote or pruned a checkpoint
     const resumeFrom = o.resume ? await latestCheckpoint(o.out) : undefined;
     if (resumeFrom) {
       const progressState = await readTrainingState(state, resumeFrom.path);

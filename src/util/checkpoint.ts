@@ -3,7 +3,7 @@
  * hidden temp folder and renamed into place only when complete; a folder to be deleted (pruned, or
  * replaced by a new save of its step) is first renamed to a hidden name and only then removed. So a
  * kill at any moment leaves every `checkpoint-<step>` folder complete, never half-written nor
- * half-deleted; the hidden leftovers of a killed run are removed by the next save. Only the newest
+ * half-deleted; the hidden leftovers of a killed run are removed by the next save or resume. Only the newest
  * `keep` are kept.
  */
 import { existsSync } from 'node:fs';
@@ -59,7 +59,17 @@ export async function saveCheckpoint(outDir: string, step: number, write: (dir: 
   await rename(tmp, final);
   const all = await listCheckpoints(outDir);
   for (const old of all.slice(0, Math.max(0, all.length - keep))) await discard(outDir, `checkpoint-${old.step}`);
-  // What is hidden now was left by a killed run (this save's own folders are gone): remove it.
-  for (const entry of await readdir(outDir)) if (HIDDEN.test(entry)) await rm(join(outDir, entry), { recursive: true, force: true });
+  await removeLeftovers(outDir); // this save's own hidden folders are gone by now
   return final;
+}
+
+/** Removes the hidden folders a killed run left mid-write or mid-delete (call when no save is under way). */
+export async function removeLeftovers(outDir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(outDir);
+  } catch {
+    return;
+  }
+  for (const name of names) if (HIDDEN.test(name)) await rm(join(outDir, name), { recursive: true, force: true });
 }
