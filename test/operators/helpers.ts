@@ -1,4 +1,5 @@
 /** Tiny teachers and states for the operator tests (fast on wasm). */
+import { readFileSync } from 'node:fs';
 import { copyFile, mkdtemp, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -126,4 +127,14 @@ export async function bytewiseDifferences(a: string, b: string): Promise<string[
     if (!x.equals(y)) differences.push(`bytes differ: ${f}`);
   }
   return differences;
+}
+
+/** The metrics that must repeat exactly, per step (the last line logged for it; timings and memory differ). */
+export function metricsByStep(out: string): Map<number, unknown> {
+  const byStep = new Map<number, unknown>();
+  for (const line of readFileSync(join(out, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean)) {
+    const r = JSON.parse(line) as Record<string, unknown>;
+    byStep.set(r.step as number, [r.micro_step, r.loss_vsd, r.loss_lora, r.grad_norm_student, r.grad_norm_lora, r.skipped, r.skipped_total, r.lr_student, r.lr_lora]);
+  }
+  return byStep;
 }

@@ -4,21 +4,21 @@
  * checkpoint's weights; resuming with settings the checkpoint was not saved with.
  */
 import { describe, expect, it, beforeAll } from 'vitest';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { from, lastValueFrom } from 'rxjs';
-import { EMBEDDINGS, bytewiseDifferences, filesUnder, fixtureTeacher, makeTinyTeacher, makeState, testConfig, fakeBatch, maxAbsDiff } from './helpers.ts';
+import { EMBEDDINGS, bytewiseDifferences, filesUnder, fixtureTeacher, metricsByStep, makeTinyTeacher, makeState, testConfig, fakeBatch, maxAbsDiff } from './helpers.ts';
 import { swiftbrushStep, toStepContext } from '../../src/operators/pipeline.ts';
 import { initBackend } from '../../src/backend.ts';
 import { runDistillation, type DistillRunOptions } from '../../src/operators/run.ts';
 import { listCheckpoints } from '../../src/util/checkpoint.ts';
 import { disposeDistillState, readTrainingState, snapshotTrainingState, writeTrainingSnapshot, type DistillState } from '../../src/operators/state.ts';
 
-/** A short run on the diffusers fixture UNet: 4 steps, the last checkpoint off-cadence (forced). */
+/** A short run on the diffusers fixture UNet: 4 steps, the last checkpoint off-cadence (forced), validation grids at steps 2 and 4. */
 function runOptions(teacher: string, out: string, extra: Partial<DistillRunOptions> = {}): DistillRunOptions {
-  return { teacher, embeddings: EMBEDDINGS, out, steps: 4, config: testConfig(), checkpointEvery: 3, validationEvery: 0, tty: false, ...extra };
+  return { teacher, embeddings: EMBEDDINGS, out, steps: 4, config: testConfig(), checkpointEvery: 3, validationEvery: 2, validationPrompts: 2, tty: false, ...extra };
 }
 
 async function expectIdentical(a: string, b: string) {
@@ -53,7 +53,13 @@ describe('a stopped and resumed run equals a straight one, byte for byte', () =>
     expect(await runDistillation(runOptions(teacher, stopped, { resume: true }))).toMatchObject({ step: 4, stoppedEarly: false });
 
     expect((await listCheckpoints(straight)).map((c) => c.step)).toEqual([3, 4]);
-    for (const dir of ['student', 'lora', 'checkpoint-4']) await expectIdentical(join(straight, dir), join(stopped, dir));
+    for (const dir of ['student', 'lora', 'checkpoint-4', 'samples']) await expectIdentical(join(straight, dir), join(stopped, dir));
+    // Everything else alike too (config.json) but metrics.jsonl (timings); the stop wrote its own checkpoint-2.
+    const elsewhere = (await bytewiseDifferences(straight, stopped)).filter((d) => !/checkpoint-\d+\//.test(d));
+    expect(elsewhere).toEqual(['bytes differ: metrics.jsonl']);
+    expect(metricsByStep(stopped)).toEqual(metricsByStep(straight)); // each step's losses, norms and lrs
+    expect(metricsByStep(straight).size).toBe(4);
+    expect(readdirSync(join(straight, 'samples'))).toEqual(['step-000002.png', 'step-000004.png']);
     await expectExportsAreLastCheckpoint(straight, 4, 'unet_ema');
     await expectExportsAreLastCheckpoint(stopped, 4, 'unet_ema');
   });
