@@ -126,8 +126,9 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
         operators.push(validation(state, { out: o.out, every: o.validationEvery, embeds: v.embeds, shape: v.shape, seed: config.seed }));
       }
       operators.push(
-        checkpoint(state, { out: o.out, every: o.checkpointEvery ?? 500, keep: o.checkpointsTotalLimit ?? 3 }),
+        // The metrics line before the checkpoint: a run killed between the two redoes the step and logs it again, rather than never.
         metricsJsonl(state, join(o.out, 'metrics.jsonl')),
+        checkpoint(state, { out: o.out, every: o.checkpointEvery ?? 500, keep: o.checkpointsTotalLimit ?? 3 }),
         progress(state, { totalSteps: o.steps, startStep, tty: o.tty }),
         ...(o.operators?.(state) ?? []),
       );
