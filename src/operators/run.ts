@@ -38,6 +38,10 @@ export interface DistillRunOptions {
   shuffleBuffer?: number;
   /** Export the raw student weights instead of the EMA's. */
   exportRawWeights?: boolean;
+  /**
+   * Asked when a window's last micro-batch has been computed; true makes that step the run's last:
+   * its checkpoint is written, nothing after it is computed, and the student is exported.
+   */
   stopRequested?: () => boolean;
   /** Extra operators after the built-in ones, given the run's state (built before the stream starts). */
   operators?: (state: DistillState) => OperatorFunction<StepContext, StepContext>[];
