@@ -12,7 +12,7 @@
 import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, watch } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mulberry32 } from '../../src/util/rng.ts';
@@ -153,5 +153,6 @@ describe('SIGKILL at random moments, --resume after each', () => {
     const metrics = metricsByStep(straight);
     expect([...metrics.keys()]).toEqual(Array.from({ length: STEPS }, (_, i) => i + 1));
     expect(metricsByStep(killed), report()).toEqual(metrics);
+    for (const dir of [teacher, straight, killed]) await rm(dir, { recursive: true, force: true }); // kept when the test fails
   });
 });

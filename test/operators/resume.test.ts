@@ -3,9 +3,9 @@
  * byte, as one never stopped (the SIGKILL version is kill_resume.test.ts); the exports are the last
  * checkpoint's weights; resuming with settings the checkpoint was not saved with.
  */
-import { describe, expect, it, beforeAll } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, readdirSync } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { from, lastValueFrom } from 'rxjs';
@@ -39,6 +39,7 @@ describe('a stopped and resumed run equals a straight one, byte for byte', () =>
     await initBackend('wasm');
     teacher = await fixtureTeacher();
   });
+  afterAll(() => rm(teacher, { recursive: true, force: true }));
 
   it('student/, lora/ and the last checkpoint', { timeout: 600_000 }, async () => {
     const straight = await mkdtemp(join(tmpdir(), 'sb-straight-'));
@@ -62,12 +63,14 @@ describe('a stopped and resumed run equals a straight one, byte for byte', () =>
     expect(readdirSync(join(straight, 'samples'))).toEqual(['step-000002.png', 'step-000004.png']);
     await expectExportsAreLastCheckpoint(straight, 4, 'unet_ema');
     await expectExportsAreLastCheckpoint(stopped, 4, 'unet_ema');
+    for (const dir of [straight, stopped]) await rm(dir, { recursive: true, force: true }); // kept when the test fails
   });
 
   it('--raw-weights exports the last checkpoint\'s raw student', { timeout: 600_000 }, async () => {
     const out = await mkdtemp(join(tmpdir(), 'sb-raw-'));
     await runDistillation(runOptions(teacher, out, { steps: 2, exportRawWeights: true }));
     await expectExportsAreLastCheckpoint(out, 2, 'unet');
+    await rm(out, { recursive: true, force: true });
   });
 });
 
