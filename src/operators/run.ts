@@ -6,7 +6,7 @@
  */
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { firstValueFrom, lastValueFrom, type OperatorFunction } from 'rxjs';
+import { firstValueFrom, lastValueFrom, tap, type OperatorFunction } from 'rxjs';
 import { checkEmbeddingWidth, embeddingBatches, expandFiles, modelWidth, readNullEmbedding } from '../streams/reader.ts';
 import { RUN_DEFAULTS, OFFICIAL_DEFAULTS, SETTINGS, SETTING_KEYS, checkSettings, checkSettingsTogether, distillConfig, flagOf, formatChanges, pickDistillConfig, resumeSettings, type RunSettings, type SettingKey } from '../swiftbrush/config.ts';
 import { yieldToEventLoop } from './yield_to_event_loop.ts';
@@ -214,7 +214,10 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
   const nullEmbedding = await readNullEmbedding(files, { width });
   const state = await createDistillState({ teacherDir: settings.teacher, nullEmbeds: nullEmbedding.embeds, embedShape: nullEmbedding.shape, config });
   // Complete, in the schema's order, with the files the globs matched: what --config takes back.
-  const runConfig = Object.fromEntries(SETTING_KEYS.map((k) => [k, k === 'embeddings' ? files : settings[k]])) as unknown as RunSettings;
+  // The run folder itself is left out (it is where the file is, and never restored), so that a
+  // run's config and checkpoints do not depend on the folder it was written in.
+  const saved = SETTING_KEYS.filter((k) => SETTINGS[k].resume !== 'given');
+  const runConfig = Object.fromEntries(saved.map((k) => [k, k === 'embeddings' ? files : settings[k]])) as unknown as RunSettings;
   state.runSettings = runConfig;
   try {
     let firstMicroStep = 0;
@@ -241,13 +244,17 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
       // the step has been handled), then distill asks this and completes after the last micro-batch:
       // no step beyond it is computed, and the checkpoint written at that step (ctx.last) holds
       // exactly the weights exported. A signal during a validation grid is seen at the next
-      // micro-batch, so the run still stops within one optimiser step.
+      // micro-batch's check, or right after the grid, which asks again before the checkpoint.
       const stop = () => Boolean(o.stopRequested?.());
       const isLast = (ctx: StepContext) => ctx.closesWindow && (ctx.step >= steps || stop());
       const operators: OperatorFunction<StepContext, StepContext>[] = [];
       if (settings.validationEvery > 0) {
         const v = await validationPrompts(files, settings.validationPrompts, width);
-        operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed }));
+        // A grid can take long: a stop asked while it was drawn makes this step the last too.
+        const askAgain = tap((ctx: StepContext) => {
+          if (!ctx.last && isLast(ctx)) ctx.last = true;
+        });
+        operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed }), askAgain);
       }
       operators.push(
         // The metrics line before the checkpoint: a run killed between the two redoes the step and logs it again, rather than never.
