@@ -7,7 +7,9 @@ import { readFile } from 'node:fs/promises';
 import { Option, type Command } from 'commander';
 import { initBackend } from '../backend.ts';
 import { runDistillation } from '../operators/run.ts';
-import { OFFICIAL_DEFAULTS, type DistillConfig } from '../operators/state.ts';
+import { OFFICIAL_DEFAULTS, planDistillation, type DistillConfig } from '../operators/state.ts';
+import { backendMemoryLimit, formatPlan, NATIVE_ADVICE } from '../models/memory.ts';
+import { readNullEmbedding } from '../streams/reader.ts';
 import { log } from '../log.ts';
 import { backendOption, float, int } from './options.ts';
 
@@ -54,9 +56,11 @@ interface DistillFlags {
   resume?: boolean;
   rawWeights?: boolean;
   backend?: string;
+  variant?: string;
+  dryRun?: boolean;
 }
 
-const CONFIG_KEYS = new Set(['teacher', 'embeddings', 'out', 'steps', 'checkpointEvery', 'checkpointsTotalLimit', 'validationEvery', 'validationPrompts', 'prefetch', 'resume', 'rawWeights', 'backend', ...Object.keys(OFFICIAL_DEFAULTS)]);
+const CONFIG_KEYS = new Set(['teacher', 'embeddings', 'out', 'steps', 'checkpointEvery', 'checkpointsTotalLimit', 'validationEvery', 'validationPrompts', 'prefetch', 'resume', 'rawWeights', 'backend', 'dryRun', ...Object.keys(OFFICIAL_DEFAULTS)]);
 
 async function readConfigFile(path: string): Promise<Partial<DistillFlags & DistillConfig>> {
   let raw: Record<string, unknown>;
@@ -68,6 +72,16 @@ async function readConfigFile(path: string): Promise<Partial<DistillFlags & Dist
   const unknown = Object.keys(raw).filter((k) => !CONFIG_KEYS.has(k));
   if (unknown.length) throw new Error(`--config ${path}: unknown key(s) ${unknown.join(', ')} (known: ${[...CONFIG_KEYS].join(', ')})`);
   return raw as Partial<DistillFlags & DistillConfig>;
+}
+
+/** `--dry-run`: the memory plan from config.json and the weight headers (tokens from the embeddings' null prompt, else 77). */
+async function dryRun(teacher: string, config: DistillConfig, embeddings: string | undefined, backend: string): Promise<string> {
+  const tokens = embeddings ? (await readNullEmbedding(embeddings)).shape[0] : 77;
+  const { plan, params, fileParams, files, dtypes } = await planDistillation(teacher, config, tokens);
+  const limit = backendMemoryLimit(backend);
+  const head = `${teacher}: ${params.toLocaleString('en')} parameters by config.json, ${fileParams.toLocaleString('en')} in ${files.join(', ')} (${dtypes.join(', ')}; float32 on the backend); ${tokens} tokens${embeddings ? '' : ' (no --embeddings: assumed)'}; backend ${backend}`;
+  const verdict = plan.total <= limit.bytes ? 'fits' : backend === 'wasm' ? `refused on wasm: ${NATIVE_ADVICE}` : 'may not fit: lower --batch-size, or use a machine with more memory';
+  return `${head}\n${formatPlan(plan, limit)}\n${verdict}`;
 }
 
 export function register(program: Command): void {
@@ -113,12 +127,14 @@ export function register(program: Command): void {
     .option('--prefetch <n>', 'embedding batches read ahead (default 2)', int(1))
     .option('--resume', 'continue from the latest checkpoint in --out')
     .option('--raw-weights', 'export the raw student weights instead of its EMA')
+    .option('--variant <name>', "teacher weights variant, as diffusers' from_pretrained(variant=...): fp16 reads diffusion_pytorch_model.fp16.safetensors")
+    .option('--dry-run', "print what the run will hold in memory (teacher, student, EMA, Adam, gradients, LoRA, activations) against the backend's limit, load nothing, and exit")
     .addOption(backendOption())
     .action(async (flags: DistillFlags) => {
       const fromFile = flags.config ? await readConfigFile(flags.config) : {};
       const defined = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined));
       const o = { ...fromFile, ...defined } as DistillFlags & Partial<DistillConfig>;
-      for (const key of ['teacher', 'embeddings', 'out', 'steps'] as const) {
+      for (const key of o.dryRun ? (['teacher'] as const) : (['teacher', 'embeddings', 'out', 'steps'] as const)) {
         if (o[key] === undefined) throw new Error(`missing required option --${key} (or "${key}" in --config)`);
       }
       const backend = await initBackend(o.backend);
@@ -127,6 +143,10 @@ export function register(program: Command): void {
       for (const key of Object.keys(OFFICIAL_DEFAULTS) as (keyof DistillConfig)[]) {
         const v = (o as Record<string, unknown>)[key];
         if (v !== undefined) (config as Record<string, unknown>)[key] = key === 'loraTargets' && typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : v;
+      }
+      if (o.dryRun) {
+        process.stdout.write(`${await dryRun(o.teacher!, { ...OFFICIAL_DEFAULTS, ...config }, o.embeddings, backend.backend)}\n`);
+        return;
       }
       let stop = false;
       const onSignal = (signal: string) => {

@@ -18,6 +18,7 @@ import { log } from '../log.ts';
 import { UNet2DConditionModel } from '../models/unet_2d_condition.ts';
 import { readSafetensors, writeSafetensors, type StoredTensor } from '../models/safetensors.ts';
 import { backendOption, int } from './options.ts';
+import { countParams, forwardMemoryPlan, inspectUNetWeights, refuseIfTooBigForWasm } from '../models/memory.ts';
 
 export interface UnetInputs {
   /** NCHW [B, C, H, W] float32. */
@@ -93,18 +94,32 @@ export interface UnetForwardOptions {
   inputs: string;
   out: string;
   batchSize?: number;
+  /** diffusers' variant: `fp16` reads diffusion_pytorch_model.fp16.safetensors. */
+  variant?: string;
 }
 
-/** The command as a function: load, check, run, write. Returns the output shape and seconds spent in the forward pass. */
-export async function unetForwardFile(opts: UnetForwardOptions): Promise<{ shape: number[]; seconds: number }> {
-  const unet = await UNet2DConditionModel.fromPretrained(opts.unet, { trainable: false });
+/**
+ * The command as a function: check that it fits (on wasm, refused before loading), load, check,
+ * run, write. Returns the output shape, seconds spent loading and in the forward pass.
+ */
+export async function unetForwardFile(opts: UnetForwardOptions): Promise<{ shape: number[]; seconds: number; loadSeconds: number }> {
+  const inputFile = await readSafetensors(opts.inputs);
+  const info = await inspectUNetWeights(opts.unet, opts.variant);
+  const sample = inputFile.tensors.get('sample')?.shape ?? [1, 0, 1, 1];
+  const tokens = inputFile.tensors.get('encoder_hidden_states')?.shape[1] ?? 77;
+  const chunk = Math.min(sample[0]!, opts.batchSize ?? Infinity);
+  const plan = forwardMemoryPlan(info.specs, info.config, chunk, [sample[2]!, sample[3]!], tokens);
+  refuseIfTooBigForWasm(plan, tf.getBackend(), `${opts.unet} (${countParams(info.specs).toLocaleString('en')} parameters)`);
+  const t0 = performance.now();
+  const unet = await UNet2DConditionModel.fromPretrained(opts.unet, { trainable: false, variant: opts.variant });
+  const loadSeconds = (performance.now() - t0) / 1000;
   try {
-    const inputs = parseUnetInputs((await readSafetensors(opts.inputs)).tensors, unet.config, opts.inputs);
-    const t0 = performance.now();
+    const inputs = parseUnetInputs(inputFile.tensors, unet.config, opts.inputs);
+    const t1 = performance.now();
     const out = unetForwardNCHW(unet, inputs, opts.batchSize);
-    const seconds = (performance.now() - t0) / 1000;
+    const seconds = (performance.now() - t1) / 1000;
     await writeSafetensors(opts.out, { out }, { format: 'pt' });
-    return { shape: out.shape, seconds };
+    return { shape: out.shape, seconds, loadSeconds };
   } finally {
     unet.dispose();
   }
@@ -118,11 +133,12 @@ export function register(program: Command): void {
     .requiredOption('--inputs <file>', 'safetensors with sample [B,C,H,W], timestep [B] (or scalar), encoder_hidden_states [B,L,D]')
     .requiredOption('--out <file>', 'output safetensors (tensor `out`, [B,C,H,W] float32)')
     .option('--batch-size <n>', 'samples per forward pass (default: the whole batch)', int(1))
+    .option('--variant <name>', "weights variant, as diffusers' from_pretrained(variant=...): fp16 reads diffusion_pytorch_model.fp16.safetensors")
     .addOption(backendOption())
     .action(async (opts: UnetForwardOptions & { backend?: string }) => {
       const backend = await initBackend(opts.backend);
       const r = await unetForwardFile(opts);
-      log.info({ backend: backend.backend, seconds: Number(r.seconds.toFixed(3)) }, 'unet-forward');
+      log.info({ backend: backend.backend, load_s: Number(r.loadSeconds.toFixed(3)), seconds: Number(r.seconds.toFixed(3)), peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024) }, 'unet-forward');
       process.stdout.write(`${opts.out}: out [${r.shape.join(', ')}] float32\n`);
     });
 }

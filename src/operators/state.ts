@@ -12,6 +12,7 @@ import type { Tensor3D } from '../tf.ts';
 import { checkAgainst, readFloat32, UNet2DConditionModel, WEIGHTS_NAME } from '../models/unet_2d_condition.ts';
 import { torchToTf } from '../models/params.ts';
 import { WeightFiles } from '../models/weights.ts';
+import { countParams, distillMemoryPlan, inspectUNetWeights, refuseIfTooBigForWasm, type MemoryPlan } from '../models/memory.ts';
 import { LoraAdapter } from '../models/lora.ts';
 import { NoiseSchedule } from '../models/schedule.ts';
 import { Adam, EmaWeights, GradAccumulator } from '../models/optim.ts';
@@ -84,6 +85,8 @@ export interface DistillConfig {
   adamBeta2: number;
   adamEps: number;
   adamWeightDecay: number;
+  /** diffusers' weights variant of the teacher (`fp16` reads diffusion_pytorch_model.fp16.safetensors); null = the plain file. */
+  variant: string | null;
 }
 
 export const OFFICIAL_DEFAULTS: DistillConfig = {
@@ -114,6 +117,7 @@ export const OFFICIAL_DEFAULTS: DistillConfig = {
   adamBeta2: 0.999,
   adamEps: 1e-8,
   adamWeightDecay: 0,
+  variant: null,
 };
 
 export interface DistillState {
@@ -149,8 +153,11 @@ export async function createDistillState(options: { teacherDir: string; nullEmbe
   const { config } = options;
   const dirs = await resolveTeacherDirs(options.teacherDir);
   const schedule = await NoiseSchedule.load(dirs.scheduler);
-  const teacher = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: false });
-  const student = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: true });
+  const plan = await planDistillation(options.teacherDir, config, options.embedShape[0]);
+  refuseIfTooBigForWasm(plan.plan, tf.getBackend(), `distilling ${dirs.unet} (${plan.params.toLocaleString('en')} parameters)`);
+  const variant = config.variant ?? undefined;
+  const teacher = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: false, variant });
+  const student = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: true, variant });
   const lora = LoraAdapter.attach(teacher, { rank: config.loraRank, alpha: config.loraAlpha, targetModules: config.loraTargets }, config.seed);
   const adam = (lr: number) => ({ lr, beta1: config.adamBeta1, beta2: config.adamBeta2, eps: config.adamEps, weightDecay: config.adamWeightDecay });
   const studentParams = student.store.named();
@@ -169,6 +176,17 @@ export async function createDistillState(options: { teacherDir: string; nullEmbe
     nullEmbeds: tf.tensor3d(options.nullEmbeds, [1, ...options.embedShape]),
     counters: { nonFiniteInARow: 0, skippedSteps: 0 },
   };
+}
+
+/**
+ * What a distillation of this teacher will hold (from its config.json and the weight files'
+ * headers: nothing is loaded), and the parameter counts of the config and of the files.
+ */
+export async function planDistillation(teacherDir: string, config: DistillConfig, tokens: number): Promise<{ plan: MemoryPlan; params: number; fileParams: number; files: string[]; dtypes: string[] }> {
+  const dirs = await resolveTeacherDirs(teacherDir);
+  const info = await inspectUNetWeights(dirs.unet, config.variant ?? undefined);
+  const plan = distillMemoryPlan({ specs: info.specs, config: info.config, batchSize: config.batchSize, gradAccum: config.gradAccum, emaDecay: config.emaDecay, loraRank: config.loraRank, loraTargets: config.loraTargets, tokens });
+  return { plan, params: countParams(info.specs), fileParams: info.fileParams, files: info.files, dtypes: info.dtypes };
 }
 
 export function disposeDistillState(state: DistillState): void {
