@@ -2,18 +2,22 @@
  * A diffusers model folder's weights, as `from_pretrained` finds them: one safetensors file
  * (`diffusion_pytorch_model.safetensors`), or a sharded set (`….safetensors.index.json` naming each
  * key's shard, as `save_pretrained` writes models over its shard size), each optionally a `variant`
- * (`--variant fp16` reads `diffusion_pytorch_model.fp16.safetensors` / `….safetensors.index.fp16.json`).
+ * (`--variant fp16` reads `diffusion_pytorch_model.fp16.safetensors` / `diffusion_pytorch_model.safetensors.fp16.index.json`).
  * Opening reads the headers only; tensors are read one at a time on demand.
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsFileReader, type StoredTensor, type TensorEntry } from './safetensors.ts';
 
-/** diffusers' `_add_variant`: the variant goes before the last extension. */
+/**
+ * diffusers' `_add_variant`: the variant goes before the last extension, or before `.index.json`
+ * (`diffusion_pytorch_model.fp16.safetensors`, `diffusion_pytorch_model.safetensors.fp16.index.json`).
+ */
 export function variantName(name: string, variant?: string): string {
   if (!variant) return name;
   const parts = name.split('.');
-  return [...parts.slice(0, -1), variant, parts[parts.length - 1]!].join('.');
+  const at = name.endsWith('.index.json') ? parts.length - 2 : parts.length - 1;
+  return [...parts.slice(0, at), variant, ...parts.slice(at)].join('.');
 }
 
 /** Tensors addressed by name, read on demand (a checkpoint folder, or tensors already in memory). */
@@ -64,10 +68,11 @@ export class WeightFiles implements TensorSource {
    * files looked for, and the variants that are there instead.
    */
   static open(dir: string, weightsName: string, variant?: string): WeightFiles {
-    const single = join(dir, variantName(weightsName, variant));
-    if (existsSync(single)) return new WeightFiles(single, [SafetensorsFileReader.open(single)]);
+    // As diffusers: a sharded index wins over a single file.
     const index = join(dir, variantName(`${weightsName}.index.json`, variant));
     if (existsSync(index)) return WeightFiles.openIndex(dir, index);
+    const single = join(dir, variantName(weightsName, variant));
+    if (existsSync(single)) return new WeightFiles(single, [SafetensorsFileReader.open(single)]);
     throw new Error(`${dir}: no weights: neither ${variantName(weightsName, variant)} nor ${variantName(`${weightsName}.index.json`, variant)} is there${availableHint(dir, weightsName, variant)}`);
   }
 
@@ -124,7 +129,7 @@ function availableHint(dir: string, weightsName: string, variant?: string): stri
   const stem = weightsName.replace(/\.safetensors$/, '');
   const found = names.filter((n) => n.startsWith(stem) && (n.endsWith('.safetensors') || n.endsWith('.json'))).sort();
   if (!found.length) return '';
-  const variants = [...new Set(found.map((n) => /^[^.]+\.([^.-]+)(-\d+-of-\d+)?\.safetensors$/.exec(n)?.[1] ?? /\.index\.([^.]+)\.json$/.exec(n)?.[1]).filter((v): v is string => !!v))];
+  const variants = [...new Set(found.map((n) => /^[^.-]+(?:-\d+-of-\d+)?\.([^.]+)\.safetensors$/.exec(n)?.[1] ?? /\.safetensors\.([^.]+)\.index\.json$/.exec(n)?.[1]).filter((v): v is string => !!v))];
   const options = variants.filter((v) => v !== variant).map((v) => `--variant ${v}`);
   if (variant && (found.includes(weightsName) || found.includes(`${weightsName}.index.json`))) options.push('no --variant');
   const advice = options.length ? `: use ${options.join(' or ')}` : '';
