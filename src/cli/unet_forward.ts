@@ -103,18 +103,15 @@ export interface UnetForwardOptions {
  * run, write. Returns the output shape, seconds spent loading and in the forward pass.
  */
 export async function unetForwardFile(opts: UnetForwardOptions): Promise<{ shape: number[]; seconds: number; loadSeconds: number }> {
-  const inputFile = await readSafetensors(opts.inputs);
   const info = await inspectUNetWeights(opts.unet, opts.variant);
-  const sample = inputFile.tensors.get('sample')?.shape ?? [1, 0, 1, 1];
-  const tokens = inputFile.tensors.get('encoder_hidden_states')?.shape[1] ?? 77;
-  const chunk = Math.min(sample[0]!, opts.batchSize ?? Infinity);
-  const plan = forwardMemoryPlan(info.specs, info.config, chunk, [sample[2]!, sample[3]!], tokens);
+  const inputs = parseUnetInputs((await readSafetensors(opts.inputs)).tensors, info.config, opts.inputs);
+  const [B, , H, W] = inputs.sample.shape;
+  const plan = forwardMemoryPlan(info.specs, info.config, Math.min(B, opts.batchSize ?? Infinity), [H, W], inputs.encoderHiddenStates.shape[1]);
   refuseIfTooBigForWasm(plan, tf.getBackend(), `${opts.unet} (${countParams(info.specs).toLocaleString('en')} parameters)`);
   const t0 = performance.now();
   const unet = await UNet2DConditionModel.fromPretrained(opts.unet, { trainable: false, variant: opts.variant });
   const loadSeconds = (performance.now() - t0) / 1000;
   try {
-    const inputs = parseUnetInputs(inputFile.tensors, unet.config, opts.inputs);
     const t1 = performance.now();
     const out = unetForwardNCHW(unet, inputs, opts.batchSize);
     const seconds = (performance.now() - t1) / 1000;
