@@ -71,9 +71,10 @@ export function loraParams(specs: ParamSpec[], rank: number, targets: string[]):
  * backward), walked block by block from the config: per resnet ~4 values per input channel and ~9
  * per output channel and pixel (norms, activations, convolutions, the residual); per transformer
  * layer ~30 per channel and token plus the attention scores (3 tensors of heads × N × N for
- * self-attention, heads × N × L for cross-attention). An estimate, calibrated in docs/scale.md.
+ * self-attention, heads × N × L for cross-attention; `attentionScores` false: none, as a
+ * memory-efficient attention kernel keeps them). An estimate, checked against measurements in docs/scale.md.
  */
-export function forwardActivationValues(config: UNetConfig, latent: [number, number], tokens: number): number {
+export function forwardActivationValues(config: UNetConfig, latent: [number, number], tokens: number, attentionScores = true): number {
   const c = config;
   const n = c.block_out_channels.length;
   const per = <T>(v: T | T[], i: number): T => (Array.isArray(v) ? v[i]! : v);
@@ -81,7 +82,8 @@ export function forwardActivationValues(config: UNetConfig, latent: [number, num
   const resnet = (px: number, cin: number, cout: number) => px * (4 * cin + 9 * cout);
   const transformer = (px: number, ch: number, i: number) => {
     const layers = per(c.transformer_layers_per_block, i);
-    return layers * (px * ch * 30 + 3 * heads(i) * px * px + 3 * heads(i) * px * tokens) + px * ch * 6;
+    const scores = attentionScores ? 3 * heads(i) * px * (px + tokens) : 0;
+    return layers * (px * ch * 30 + scores) + px * ch * 6;
   };
   let [h, w] = latent;
   let total = h * w * (c.in_channels + c.block_out_channels[0]!);
@@ -181,7 +183,7 @@ export function forwardMemoryPlan(specs: ParamSpec[], config: UNetConfig, batch:
   const P = countParams(specs);
   const items: MemoryItem[] = [
     { what: 'UNet weights', bytes: P * F32, detail: `${P.toLocaleString('en')} parameters, float32` },
-    { what: 'activations (estimate)', bytes: batch * forwardActivationValues(config, latent, tokens) * F32, detail: `batch ${batch} at ${latent.join('x')}, ${tokens} tokens` },
+    { what: 'activations (estimate)', bytes: batch * forwardActivationValues(config, latent, tokens) * F32, detail: `batch ${batch} at ${latent.join('x')}, ${tokens} tokens; all kept, as under a gradient tape: an upper bound for a plain forward` },
   ];
   return { items, total: items.reduce((a, i) => a + i.bytes, 0) };
 }
