@@ -220,7 +220,8 @@ export class GradAccumulator {
 export function globalNorm(grads: Iterable<Tensor>): number {
   const list = [...grads];
   if (!list.length) return 0;
-  return tf.tidy(() => tf.sqrt(tf.addN(list.map((g) => tf.sum(tf.square(g))))).dataSync()[0]!);
+  // Each square is summed in its own tidy, so no more than one gradient-sized temporary is alive.
+  return tf.tidy(() => tf.sqrt(tf.addN(list.map((g) => tf.tidy(() => tf.sum(tf.square(g)))))).dataSync()[0]!);
 }
 
 /**
@@ -257,12 +258,11 @@ export class EmaWeights {
 
   /** shadow ← d·shadow + (1−d)·param, with d = `decay` (default: the constant decay). */
   update(decay = this.decay): void {
-    tf.tidy(() => {
-      for (const [name, p] of this.params) {
-        const s = this.shadow.get(name)!;
-        s.assign(decay === 0 ? tf.clone(p) : tf.add(tf.mul(s, decay), tf.mul(p, 1 - decay)));
-      }
-    });
+    // A tidy per parameter: the two scaled temporaries are freed at once, not after the last one.
+    for (const [name, p] of this.params) {
+      const s = this.shadow.get(name)!;
+      tf.tidy(() => s.assign(decay === 0 ? tf.clone(p) : tf.add(tf.mul(s, decay), tf.mul(p, 1 - decay))));
+    }
   }
 
   /** Current shadow values as plain arrays keyed by name (for checkpoints). */
