@@ -102,21 +102,24 @@ export interface UnetForwardOptions {
  * The command as a function: check that it fits (on wasm, refused before loading), load, check,
  * run, write. Returns the output shape, seconds spent loading and in the forward pass.
  */
-export async function unetForwardFile(opts: UnetForwardOptions): Promise<{ shape: number[]; seconds: number; loadSeconds: number }> {
+export async function unetForwardFile(opts: UnetForwardOptions): Promise<{ shape: number[]; seconds: number; loadSeconds: number; loadCpuSeconds: number }> {
   const info = await inspectUNetWeights(opts.unet, opts.variant);
   const inputs = parseUnetInputs((await readSafetensors(opts.inputs)).tensors, info.config, opts.inputs);
   const [B, , H, W] = inputs.sample.shape;
   const plan = forwardMemoryPlan(info.specs, info.config, Math.min(B, opts.batchSize ?? Infinity), [H, W], inputs.encoderHiddenStates.shape[1]);
   refuseIfTooBigForWasm(plan, tf.getBackend(), `${opts.unet} (${countParams(info.specs).toLocaleString('en')} parameters)`);
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   const unet = await UNet2DConditionModel.fromPretrained(opts.unet, { trainable: false, variant: opts.variant });
   const loadSeconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const loadCpuSeconds = (cpu.user + cpu.system) / 1e6;
   try {
     const t1 = performance.now();
     const out = unetForwardNCHW(unet, inputs, opts.batchSize);
     const seconds = (performance.now() - t1) / 1000;
     await writeSafetensors(opts.out, { out }, { format: 'pt' });
-    return { shape: out.shape, seconds, loadSeconds };
+    return { shape: out.shape, seconds, loadSeconds, loadCpuSeconds };
   } finally {
     unet.dispose();
   }
@@ -135,7 +138,7 @@ export function register(program: Command): void {
     .action(async (opts: UnetForwardOptions & { backend?: string }) => {
       const backend = await initBackend(opts.backend);
       const r = await unetForwardFile(opts);
-      log.info({ backend: backend.backend, load_s: Number(r.loadSeconds.toFixed(3)), seconds: Number(r.seconds.toFixed(3)), peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024) }, 'unet-forward');
+      log.info({ backend: backend.backend, load_s: Number(r.loadSeconds.toFixed(3)), load_cpu_s: Number(r.loadCpuSeconds.toFixed(3)), seconds: Number(r.seconds.toFixed(3)), peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024) }, 'unet-forward');
       process.stdout.write(`${opts.out}: out [${r.shape.join(', ')}] float32\n`);
     });
 }
