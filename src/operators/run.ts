@@ -6,11 +6,11 @@
  */
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { firstValueFrom, lastValueFrom, takeWhile, tap, type OperatorFunction } from 'rxjs';
+import { firstValueFrom, lastValueFrom, type OperatorFunction } from 'rxjs';
 import { checkEmbeddingWidth, embeddingBatches, expandFiles, modelWidth, readNullEmbedding } from '../streams/reader.ts';
 import { RUN_DEFAULTS, OFFICIAL_DEFAULTS, SETTINGS, SETTING_KEYS, checkSettings, checkSettingsTogether, distillConfig, flagOf, formatChanges, pickDistillConfig, resumeSettings, type RunSettings, type SettingKey } from '../swiftbrush/config.ts';
 import { yieldToEventLoop } from './yield_to_event_loop.ts';
-import { latestCheckpoint } from '../util/checkpoint.ts';
+import { latestCheckpoint, removeLeftovers } from '../util/checkpoint.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 import { log } from '../log.ts';
 import type { StepContext } from './context.ts';
@@ -55,6 +55,10 @@ export interface DistillRunOptions {
   exportRawWeights?: boolean;
   /** Settings for what neither these options nor a resumed checkpoint give (a command's own defaults). */
   defaults?: Partial<RunSettings>;
+  /**
+   * Asked when a window's last micro-batch has been computed; true makes that step the run's last:
+   * its checkpoint is written, nothing after it is computed, and the student is exported.
+   */
   stopRequested?: () => boolean;
   /** Extra operators after the built-in ones, given the run's state (built before the stream starts). */
   operators?: (state: DistillState) => OperatorFunction<StepContext, StepContext>[];
@@ -170,6 +174,7 @@ export async function resolveRunSettings(o: DistillRunOptions): Promise<{ settin
   let chosen = given;
   let resumeFrom: { step: number; path: string } | undefined;
   if (o.resume) {
+    await removeLeftovers(o.out); // of a run killed while it wrote or pruned a checkpoint
     resumeFrom = await latestCheckpoint(o.out);
     const saved = await readSavedSettings(o.out, resumeFrom?.path);
     if (saved) {
@@ -231,24 +236,23 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
     if (startStep >= steps) {
       log.info({ step: startStep }, 'already at the requested number of steps');
     } else {
-      // The stop request is sampled after each micro-batch once the event loop has turned (so a
-      // signal that came during the step is seen), again after a validation grid, and the
-      // checkpoint and the end of the stream read that one answer: a stop asked at any moment
-      // ends the run at the end of the optimiser step under way, or of the next one when it came
-      // while this step's checkpoint was being written.
-      let stopSampled = false;
-      const sampleStop = () => {
-        stopSampled = Boolean(o.stopRequested?.());
-      };
-      const isLast = (ctx: StepContext) => ctx.closesWindow && (ctx.step >= steps || stopSampled);
-      const operators: OperatorFunction<StepContext, StepContext>[] = [yieldToEventLoop(sampleStop)];
+      // The run ends after the window that reaches `steps`, or the first window to close after a stop
+      // request. The event loop turns after each micro-batch's step (so a signal that came during
+      // the step has been handled), then distill asks this and completes after the last micro-batch:
+      // no step beyond it is computed, and the checkpoint written at that step (ctx.last) holds
+      // exactly the weights exported. A signal during a validation grid is seen at the next
+      // micro-batch, so the run still stops within one optimiser step.
+      const stop = () => Boolean(o.stopRequested?.());
+      const isLast = (ctx: StepContext) => ctx.closesWindow && (ctx.step >= steps || stop());
+      const operators: OperatorFunction<StepContext, StepContext>[] = [];
       if (settings.validationEvery > 0) {
         const v = await validationPrompts(files, settings.validationPrompts, width);
-        operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed }), tap(sampleStop));
+        operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed }));
       }
       operators.push(
+        // The metrics line before the checkpoint: a run killed between the two redoes the step and logs it again, rather than never.
         metricsJsonl(state, join(o.out, 'metrics.jsonl')),
-        checkpoint(state, { out: o.out, every: settings.checkpointEvery, keep: settings.checkpointsTotalLimit, force: isLast }),
+        checkpoint(state, { out: o.out, every: settings.checkpointEvery, keep: settings.checkpointsTotalLimit }),
         progress(state, { totalSteps: steps, startStep, tty: o.tty }),
         ...(o.operators?.(state) ?? []),
       );
@@ -256,9 +260,11 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
         firstMicroStep,
         firstStep: startStep,
         operators,
+        settle: yieldToEventLoop(),
+        stopAfter: isLast,
         batches: (demand) =>
           embeddingBatches({ files, width, batchSize: config.batchSize, shuffle: o.shuffle ?? true, shuffleBuffer: o.shuffleBuffer, seed: config.seed, epochs: Infinity, startBatch: firstMicroStep, prefetch: settings.prefetch, demand }),
-      }).pipe(takeWhile((ctx) => !isLast(ctx), true));
+      });
       const last = await lastValueFrom(steps$, { defaultValue: undefined });
       startStep = last?.step ?? startStep;
     }
