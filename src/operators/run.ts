@@ -105,7 +105,7 @@ async function validationPrompts(files: string[], n: number, width: number) {
 /** Writes the student (pipeline layout: unet/ + scheduler/), the LoRA adapter and the run config. */
 export async function exportStudent(state: DistillState, out: string, options: { teacherDir: string; raw?: boolean; runConfig: object }): Promise<string> {
   const studentDir = join(out, 'student');
-  const weights = !options.raw && state.ema ? state.student.store.torchStateDict(state.ema.shadow) : undefined;
+  const weights = !options.raw && state.ema ? state.ema.shadow : undefined; // streamed from the device, one tensor at a time
   await state.student.savePretrained(join(studentDir, 'unet'), weights);
   const dirs = await resolveTeacherDirs(options.teacherDir);
   await mkdir(join(studentDir, 'scheduler'), { recursive: true });
