@@ -7,6 +7,7 @@
  */
 import { tf } from '../tf.ts';
 import type { Tensor, Variable } from '../tf.ts';
+import type { StoredTensor } from './safetensors.ts';
 
 export type ParamKind = 'conv' | 'linear' | 'vector';
 
@@ -64,6 +65,32 @@ export class ParamStore {
     value.dispose();
     this.params.set(name, { name, kind, torchShape, variable });
     return variable;
+  }
+
+  /**
+   * Assigns every parameter from a PyTorch-layout state dict; any missing, unexpected or
+   * mis-shaped key is an error naming `source` and what it should match (`against`, e.g. 'the UNet config').
+   */
+  loadStateDict(tensors: Map<string, StoredTensor>, source: string, against: string): void {
+    const missing = [...this.params.keys()].filter((k) => !tensors.has(k));
+    const unexpected = [...tensors.keys()].filter((k) => !this.params.has(k));
+    const misShaped: string[] = [];
+    for (const [name, p] of this.params) {
+      const t = tensors.get(name);
+      if (t && t.shape.join(',') !== p.torchShape.join(',')) misShaped.push(`${name}: file [${t.shape}] vs model [${p.torchShape}]`);
+    }
+    const problems = [
+      missing.length ? `missing keys (${missing.length}): ${missing.join(', ')}` : '',
+      unexpected.length ? `unexpected keys (${unexpected.length}): ${unexpected.join(', ')}` : '',
+      misShaped.length ? `mis-shaped keys (${misShaped.length}): ${misShaped.join('; ')}` : '',
+    ].filter(Boolean);
+    if (problems.length) throw new Error(`${source} does not match ${against}:\n  ${problems.join('\n  ')}`);
+    for (const [name, p] of this.params) {
+      const t = tensors.get(name)!;
+      const value = torchToTf(p.kind, t.data as Float32Array, t.shape);
+      p.variable.assign(value);
+      value.dispose();
+    }
   }
 
   get(name: string): Variable {

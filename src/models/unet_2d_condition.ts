@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Tensor3D, Tensor4D, Variable } from '../tf.ts';
-import { ParamStore, torchToTf } from './params.ts';
+import { ParamStore } from './params.ts';
 import { Conv2d, GroupNorm, silu } from './layers.ts';
 import { TimestepEmbedding, timestepTensor } from './embeddings.ts';
 import { DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D } from './unet_2d_blocks.ts';
@@ -211,25 +211,7 @@ export class UNet2DConditionModel {
 
   /** Assigns every parameter from a PyTorch-layout state dict; any missing, unexpected or mis-shaped key is an error. */
   loadStateDict(tensors: Map<string, StoredTensor>, source = 'state dict'): void {
-    const missing = [...this.store.params.keys()].filter((k) => !tensors.has(k));
-    const unexpected = [...tensors.keys()].filter((k) => !this.store.params.has(k));
-    const misShaped: string[] = [];
-    for (const [name, p] of this.store.params) {
-      const t = tensors.get(name);
-      if (t && t.shape.join(',') !== p.torchShape.join(',')) misShaped.push(`${name}: file [${t.shape}] vs model [${p.torchShape}]`);
-    }
-    const problems = [
-      missing.length ? `missing keys (${missing.length}): ${missing.join(', ')}` : '',
-      unexpected.length ? `unexpected keys (${unexpected.length}): ${unexpected.join(', ')}` : '',
-      misShaped.length ? `mis-shaped keys (${misShaped.length}): ${misShaped.join('; ')}` : '',
-    ].filter(Boolean);
-    if (problems.length) throw new Error(`${source} does not match the UNet config:\n  ${problems.join('\n  ')}`);
-    for (const [name, p] of this.store.params) {
-      const t = tensors.get(name)!;
-      const value = torchToTf(p.kind, t.data as Float32Array, t.shape);
-      p.variable.assign(value);
-      value.dispose();
-    }
+    this.store.loadStateDict(tensors, source, 'the UNet config');
   }
 
   /** PyTorch-layout copies of every parameter (caller owns the arrays). */
