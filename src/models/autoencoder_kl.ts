@@ -162,9 +162,22 @@ export class AutoencoderKL {
     return shift ? tf.add(raw, shift) : raw;
   }
 
-  /** The diffusion model's latents → images in [−1, 1] (unscale, decode, clamp as diffusers' image processor does). */
-  decodeToImages(z: Tensor4D): Tensor4D {
-    return tf.clipByValue(this.decode(this.unscaleLatents(z)), -1, 1) as Tensor4D;
+  /**
+   * The diffusion model's latents → images in [−1, 1]: unscale, decode, clamp (as diffusers' image
+   * processor does). Decodes `sliceSize` samples at a time, each in its own tidy scope, so that
+   * only one slice's activations are alive at once (diffusers' enable_slicing).
+   */
+  decodeToImages(z: Tensor4D, sliceSize = 1): Tensor4D {
+    const n = z.shape[0];
+    const step = Math.max(1, Math.min(n, sliceSize));
+    const slices: Tensor4D[] = [];
+    for (let i = 0; i < n; i += step) {
+      slices.push(tf.tidy(() => tf.clipByValue(this.decode(this.unscaleLatents(tf.slice(z, [i, 0, 0, 0], [Math.min(step, n - i), -1, -1, -1]))), -1, 1) as Tensor4D));
+    }
+    if (slices.length === 1) return slices[0]!;
+    const out = tf.concat(slices, 0);
+    tf.dispose(slices);
+    return out;
   }
 
   dispose(): void {

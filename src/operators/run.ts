@@ -19,7 +19,8 @@ import { ReplicaPool } from '../parallel/replica_pool.ts';
 import { tf } from '../tf.ts';
 import { OFFICIAL_DEFAULTS, createDistillState, disposeDistillState, readTrainingState, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
 import { validation } from './validation.ts';
-import { copyFile, mkdir } from 'node:fs/promises';
+import { AutoencoderKL } from '../models/autoencoder_kl.ts';
+import { completeStudentPipeline } from '../models/pipeline_folder.ts';
 
 export interface DistillRunOptions {
   teacher: string;
@@ -61,14 +62,16 @@ async function validationPrompts(files: string[], n: number) {
   return { embeds, shape: [take, L, D] as [number, number, number], prompts: picks.map((row) => first.prompts[row]!) };
 }
 
-/** Writes the student (pipeline layout: unet/ + scheduler/), the LoRA adapter and the run config. */
+/**
+ * Writes the student as a diffusers pipeline folder (its unet/ beside copies of the teacher's other
+ * components, e.g. scheduler/ and vae/, and a model_index.json: see completeStudentPipeline), the
+ * LoRA adapter and the run config.
+ */
 export async function exportStudent(state: DistillState, out: string, options: { teacherDir: string; raw?: boolean; runConfig: object }): Promise<string> {
   const studentDir = join(out, 'student');
   const weights = !options.raw && state.ema ? state.student.store.torchStateDict(state.ema.shadow) : undefined;
   await state.student.savePretrained(join(studentDir, 'unet'), weights);
-  const dirs = await resolveTeacherDirs(options.teacherDir);
-  await mkdir(join(studentDir, 'scheduler'), { recursive: true });
-  await copyFile(join(dirs.scheduler, 'scheduler_config.json'), join(studentDir, 'scheduler', 'scheduler_config.json'));
+  await completeStudentPipeline(await resolveTeacherDirs(options.teacherDir), studentDir);
   await state.lora.save(join(out, 'lora'));
   await writeJsonAtomic(join(out, 'config.json'), options.runConfig);
   return studentDir;
@@ -93,6 +96,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
   const files = expandFiles(o.embeddings);
   const nullEmbedding = await readNullEmbedding(files);
   const state = await createDistillState({ teacherDir: o.teacher, nullEmbeds: nullEmbedding.embeds, embedShape: nullEmbedding.shape, config });
+  let vae: AutoencoderKL | undefined;
   try {
     let firstMicroStep = 0;
     let startStep = 0;
@@ -119,7 +123,10 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
       const operators: OperatorFunction<StepContext, StepContext>[] = [];
       if (o.validationEvery && o.validationEvery > 0) {
         const v = await validationPrompts(files, o.validationPrompts ?? 8);
-        operators.push(validation(state, { out: o.out, every: o.validationEvery, embeds: v.embeds, shape: v.shape, seed: config.seed }));
+        // A latent teacher's grids are decoded through its VAE.
+        const vaeDir = (await resolveTeacherDirs(o.teacher)).vae;
+        vae = vaeDir ? await AutoencoderKL.fromPretrained(vaeDir) : undefined;
+        operators.push(validation(state, { out: o.out, every: o.validationEvery, embeds: v.embeds, shape: v.shape, seed: config.seed, vae }));
       }
       operators.push(
         checkpoint(state, { out: o.out, every: o.checkpointEvery ?? 500, keep: o.checkpointsTotalLimit ?? 3, force: isLast }),
@@ -142,6 +149,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
     return { step: startStep, studentDir, stoppedEarly: startStep < o.steps };
   } finally {
     await state.replicas?.dispose();
+    vae?.dispose();
     disposeDistillState(state);
   }
 }

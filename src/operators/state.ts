@@ -17,6 +17,7 @@ import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { StepRng } from '../util/rng.ts';
 import type { ReplicaPool } from '../parallel/replica_pool.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
+import { pipelineLayouts, resolvePipelineDirs, SCHEDULER_CONFIG, type PipelineDirs } from '../models/pipeline_folder.ts';
 
 /** Hyper-parameters; defaults are the official SwiftBrush script's (SD 2.1-base). */
 export interface DistillConfig {
@@ -135,12 +136,14 @@ export interface DistillState {
   readonly counters: { nonFiniteInARow: number; skippedSteps: number };
 }
 
-/** The teacher folder may be a pipeline (unet/, scheduler/) or a bare unet folder. */
-export async function resolveTeacherDirs(dir: string): Promise<{ unet: string; scheduler: string }> {
-  const exists = async (p: string) => readFile(p).then(() => true, () => false);
-  if (await exists(join(dir, 'unet', 'config.json'))) return { unet: join(dir, 'unet'), scheduler: join(dir, 'scheduler') };
-  if (await exists(join(dir, 'config.json'))) return { unet: dir, scheduler: join(dir, '..', 'scheduler') };
-  throw new Error(`${dir}: no diffusers UNet here (expected unet/config.json or config.json)`);
+/**
+ * The teacher's components: a diffusers pipeline folder (unet/, scheduler/, vae/ for a latent
+ * model) or a UNet folder inside one. A teacher without a scheduler is refused, naming both layouts.
+ */
+export async function resolveTeacherDirs(dir: string): Promise<PipelineDirs & { scheduler: string }> {
+  const dirs = resolvePipelineDirs(dir);
+  if (!dirs.scheduler) throw new Error(`${dir}: no scheduler (${SCHEDULER_CONFIG}); a teacher is ${pipelineLayouts(dir)}`);
+  return { ...dirs, scheduler: dirs.scheduler };
 }
 
 export async function createDistillState(options: { teacherDir: string; nullEmbeds: Float32Array; embedShape: [number, number]; config: DistillConfig }): Promise<DistillState> {
