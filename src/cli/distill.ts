@@ -74,7 +74,7 @@ export function register(program: Command): void {
   program
     .command('distill')
     .description('distil a diffusers teacher into a one-step student (SwiftBrush / VSD) over Parquet prompt embeddings')
-    .option('--teacher <dir>', 'teacher pipeline folder (unet/ + scheduler/) or unet folder')
+    .option('--teacher <dir>', 'teacher pipeline folder (unet/ + scheduler/, vae/ for a latent model) or unet folder')
     .option('--embeddings <files>', 'embedding Parquet file(s): a path, a glob or a comma list')
     .option('--out <dir>', 'output folder (checkpoints, samples, metrics, student)')
     .option('--config <file>', 'JSON file with any of these options (camelCase keys)')
