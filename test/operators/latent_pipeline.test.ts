@@ -20,6 +20,7 @@ import { completeStudentPipeline, resolvePipelineDirs } from '../../src/models/p
 import { runDistillation } from '../../src/operators/run.ts';
 import { resolveTeacherDirs } from '../../src/operators/state.ts';
 import { sampleToDir } from '../../src/cli/sample.ts';
+import { evaluateModels } from '../../src/eval/evaluate.ts';
 import { nchwToNhwc } from '../models/scheduler-fixture.ts';
 import { EMBEDDINGS, TINY_SCHEDULER, TINY_UNET, maxAbsDiff } from './helpers.ts';
 import { VAE_FIXTURE_DIR } from '../fixtures.ts';
@@ -70,6 +71,9 @@ describe('latent teacher pipeline folder', () => {
     const decoded = tf.tidy(() => tf.transpose(vae.decodeToImages(tf.tensor4d(latents.data, latents.shape) as Tensor4D), [0, 3, 1, 2]).dataSync() as Float32Array);
     expect(maxAbsDiff(decoded, t.get('images')!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
     vae.dispose();
+
+    // eval decodes through the VAE too, and says so when the decoded images are not the MNIST scorer's [28, 28, 1].
+    await expect(evaluateModels({ teacher, student, n: 2, only: 'student' })).rejects.toThrow(/eval: student_1step gives \[16,16,3\] images \(decoded through its VAE\); the MNIST scorer reads \[28, 28, 1\]/);
   });
 
   it('a teacher folder without scheduler/ is refused with the two layouts that work', async () => {
