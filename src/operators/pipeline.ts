@@ -10,7 +10,7 @@
 import { Observable, Subject, defer, finalize, map, pipe, tap, type OperatorFunction, type SchedulerLike } from 'rxjs';
 import { tf } from '../tf.ts';
 import type { EmbeddingBatch } from '../streams/reader.ts';
-import { type StepContext, disposeContext } from './context.ts';
+import { type StepContext, createStepContext, disposeContext } from './context.ts';
 import type { DistillState } from './state.ts';
 import { studentForward } from './student_forward.ts';
 import { noiseAtT } from './noise_at_t.ts';
@@ -42,16 +42,15 @@ export function toStepContext(gradAccum: number, firstMicroStep = 0, firstStep =
         map((batch): StepContext => {
           const m = microStep++;
           const sinceStart = m - firstMicroStep;
-          return {
+          return createStepContext({
             microStep: m,
             step: firstStep + Math.floor(sinceStart / gradAccum),
             windowIndex: sinceStart % gradAccum,
             closesWindow: sinceStart % gradAccum === gradAccum - 1,
             prompts: batch.prompts,
             position: batch.position,
-            tensors: { promptEmbeds: tf.tensor3d(batch.embeds, batch.shape) },
-            metrics: {},
-          };
+            promptEmbeds: tf.tensor3d(batch.embeds, batch.shape),
+          });
         }),
       );
     });
