@@ -20,6 +20,7 @@ import { noiseAtTPrime } from './noise_at_t_prime.ts';
 import { loraUpdate } from './lora_update.ts';
 import { emaUpdate } from './ema_update.ts';
 import { offloadToReplicas } from './offload_to_replicas.ts';
+import { windowPosition } from '../swiftbrush/rules.ts';
 
 /**
  * The six operators of one SwiftBrush step, in the official order, plus the student's EMA; first,
@@ -41,12 +42,9 @@ export function toStepContext(gradAccum: number, firstMicroStep = 0, firstStep =
       return source.pipe(
         map((batch): StepContext => {
           const m = microStep++;
-          const sinceStart = m - firstMicroStep;
           return createStepContext({
             microStep: m,
-            step: firstStep + Math.floor(sinceStart / gradAccum),
-            windowIndex: sinceStart % gradAccum,
-            closesWindow: sinceStart % gradAccum === gradAccum - 1,
+            ...windowPosition(m - firstMicroStep, firstStep, gradAccum),
             prompts: batch.prompts,
             position: batch.position,
             promptEmbeds: tf.tensor3d(batch.embeds, batch.shape),

@@ -17,6 +17,7 @@ import { metricsJsonl } from './metrics.ts';
 import { progress } from './progress.ts';
 import { ReplicaPool } from '../parallel/replica_pool.ts';
 import { tf } from '../tf.ts';
+import { initBackend } from '../backend.ts';
 import { OFFICIAL_DEFAULTS, createDistillState, disposeDistillState, readTrainingState, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
 import { validation } from './validation.ts';
 import { AutoencoderKL } from '../models/autoencoder_kl.ts';
@@ -43,6 +44,26 @@ export interface DistillRunOptions {
   /** Extra operators after the built-in ones, given the run's state (built before the stream starts). */
   operators?: (state: DistillState) => OperatorFunction<StepContext, StepContext>[];
   tty?: boolean;
+  /**
+   * TensorFlow.js backend (`auto`, `tensorflow`, `wasm`, `cpu`). Unset: the one already chosen by
+   * `initBackend`, else `SWIFTBRUSH_BACKEND`, else `auto` (the fastest that loads).
+   */
+  backend?: string;
+}
+
+/** Every option of runDistillation, so that an unknown one (a typo, `batchSize` outside `config`) is refused by name. */
+const RUN_OPTIONS: Record<keyof DistillRunOptions, true> = {
+  teacher: true, embeddings: true, out: true, steps: true, config: true, checkpointEvery: true, checkpointsTotalLimit: true,
+  resume: true, validationEvery: true, validationPrompts: true, prefetch: true, shuffle: true, shuffleBuffer: true,
+  exportRawWeights: true, stopRequested: true, operators: true, tty: true, backend: true,
+};
+
+function refuseUnknownOptions(o: object): void {
+  for (const key of Object.keys(o)) {
+    if (key in RUN_OPTIONS) continue;
+    const hint = key in OFFICIAL_DEFAULTS ? ` (a training setting: pass it as config: { ${key} })` : '';
+    throw new Error(`runDistillation: unknown option '${key}'${hint}; options are ${Object.keys(RUN_OPTIONS).join(', ')}`);
+  }
 }
 
 export interface DistillRunResult {
@@ -85,6 +106,8 @@ function requireOneOf<K extends keyof DistillConfig>(config: DistillConfig, key:
 }
 
 export async function runDistillation(o: DistillRunOptions): Promise<DistillRunResult> {
+  refuseUnknownOptions(o);
+  await initBackend(o.backend);
   const config: DistillConfig = { ...OFFICIAL_DEFAULTS, ...o.config };
   if (!config.lrDecaySteps) config.lrDecaySteps = o.steps;
   requireOneOf(config, 'lrScheduler', ['constant', 'linear', 'cosine']);
@@ -126,7 +149,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
         // A latent teacher's grids are decoded through its VAE.
         const vaeDir = (await resolveTeacherDirs(o.teacher)).vae;
         vae = vaeDir ? await AutoencoderKL.fromPretrained(vaeDir) : undefined;
-        operators.push(validation(state, { out: o.out, every: o.validationEvery, embeds: v.embeds, shape: v.shape, seed: config.seed, vae }));
+        operators.push(validation(state, { out: o.out, every: o.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed, vae }));
       }
       operators.push(
         checkpoint(state, { out: o.out, every: o.checkpointEvery ?? 500, keep: o.checkpointsTotalLimit ?? 3, force: isLast }),

@@ -16,7 +16,6 @@ import { Adam, EmaWeights, GradAccumulator } from '../models/optim.ts';
 import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { SeededDraws, type Draws } from '../swiftbrush/draws.ts';
 import type { StepObserver } from '../swiftbrush/observer.ts';
-import type { ReplicaPool } from '../parallel/replica_pool.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 import { pipelineLayouts, resolvePipelineDirs, SCHEDULER_CONFIG, type PipelineDirs } from '../models/pipeline_folder.ts';
 
@@ -135,9 +134,26 @@ export interface DistillState {
   /** y0: the null prompt's embedding [1, L, D]. */
   readonly nullEmbeds: Tensor3D;
   /** Data-parallel replica threads (set by runDistillation when config.replicas > 1). */
-  replicas?: ReplicaPool;
+  replicas?: Replicas;
   /** Counters that survive a resume. */
   readonly counters: { nonFiniteInARow: number; skippedSteps: number };
+}
+
+/**
+ * What the operators use of the data-parallel replica threads. `ReplicaPool`
+ * (src/parallel/replica_pool.ts) implements it; declared here so that the state does not depend on
+ * the threads' module.
+ */
+export interface Replicas {
+  /** Slot for a micro-batch that does not close its window. */
+  slotFor(windowIndex: number): number;
+  /** Hands one micro-batch to replica `index`. */
+  submit(index: number, microStep: number, embeds: Float32Array, batchSize: number, state: DistillState): void;
+  /** Waits for every busy replica and adds its gradients to `state`'s accumulators. */
+  collectInto(state: DistillState): void;
+  /** Writes the current student and LoRA weights for the replicas. */
+  publish(): void;
+  dispose(): Promise<void>;
 }
 
 /**
@@ -276,7 +292,5 @@ export async function readTrainingState(state: DistillState, dir: string): Promi
   return { step: json.step, microStep: json.microStep, counters: json.counters };
 }
 
-/** Whether optimiser step `step` (0-based: the steps completed before it) updates the student. */
-export function updatesStudent(config: Pick<DistillConfig, 'studentUpdateEvery'>, step: number): boolean {
-  return (step + 1) % config.studentUpdateEvery === 0;
-}
+/** Kept importable from here for code that reads it with the config; defined in src/swiftbrush/rules.ts. */
+export { updatesStudent } from '../swiftbrush/rules.ts';
