@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { decode } from 'fast-png';
+import { imageGrid } from '../../src/util/png.ts';
 import { tf } from '../../src/tf.ts';
 import type { Tensor4D } from '../../src/tf.ts';
 import { initBackend } from '../../src/backend.ts';
@@ -49,9 +50,14 @@ describe('latent teacher pipeline folder', () => {
     const r = await runDistillation({ teacher, embeddings: EMBEDDINGS, out, steps: 2, validationEvery: 2, validationPrompts: 2, config: { batchSize: 1, loraRank: 2, loraAlpha: 4, seed: 3 } });
     expect(r.step).toBe(2);
 
-    // Grid: 2 prompts × 4 samples of decoded 16 × 16 RGB images (2 px padding), not 8 × 8 × 4 latents.
+    // Grid: 2 prompts × 4 samples of decoded 16 × 16 RGB images, not 8 × 8 × 4 latents (same labels and padding).
     const png = decode(readFileSync(join(out, 'samples', 'step-000002.png')));
-    expect([png.width, png.height, png.channels]).toEqual([4 * 16 + 5 * 2, 2 * 16 + 3 * 2, 3]);
+    const labels = { cols: 4, rowLabels: ['a', 'b'], columnLabels: [{ text: 'student', from: 0, to: 4 }] };
+    const decodedLayout = imageGrid(new Float32Array(8 * 16 * 16 * 3), [8, 16, 16, 3], labels);
+    const latentLayout = imageGrid(new Float32Array(8 * 8 * 8 * 4), [8, 8, 8, 4], labels);
+    // (the width also holds the prompts' labels, so it is the height that tells the tile size)
+    expect([png.height, png.channels]).toEqual([decodedLayout.height, 3]);
+    expect(png.height).toBeGreaterThan(latentLayout.height);
 
     // Export: the student's unet/ beside the teacher's scheduler/ and vae/, and a StableDiffusionPipeline index.
     const student = r.studentDir;
