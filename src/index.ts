@@ -14,7 +14,10 @@ export { tf } from './tf.ts';
 export { initBackend, requestedBackend, BACKEND_NAMES, type BackendName, type BackendChoice } from './backend.ts';
 
 // The job and the stream.
-export { runDistillation, exportStudent, type DistillRunOptions, type DistillRunResult } from './operators/run.ts';
+export { runDistillation, resolveRunSettings, exportStudent, type DistillRunOptions, type DistillRunResult } from './operators/run.ts';
+export { prepareRunFolder, type RunFolderOptions } from './operators/run_folder.ts';
+// The run's settings, defined once: types, ranges, defaults (what the CLI's flags and --config use).
+export { SETTINGS, SETTING_KEYS, RUN_DEFAULTS, checkSettings, distillConfig, resumeSettings, type RunSettings, type RunOptions, type Setting } from './swiftbrush/config.ts';
 export { distill, swiftbrushStep, toStepContext, oneAtATime, type DistillStreamOptions } from './operators/pipeline.ts';
 export { OFFICIAL_DEFAULTS, createDistillState, disposeDistillState, resolveTeacherDirs, updatesStudent, type DistillConfig, type DistillState } from './operators/state.ts';
 export { take, need, createStepContext, contextTensors, disposeContext, type StepContext, type StepTensors, type StepMetrics } from './operators/context.ts';

@@ -11,10 +11,11 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Tensor4D } from '../tf.ts';
-import { ParamStore } from './params.ts';
+import { ParamStore, type ParamSpec } from './params.ts';
 import { Conv2d } from './layers.ts';
 import { Decoder, DiagonalGaussianDistribution, Encoder } from './vae.ts';
-import { readSafetensors, type StoredTensor } from './safetensors.ts';
+import type { StoredTensor } from './safetensors.ts';
+import { checkAgainst, readFloat32, WeightFiles, type TensorSource } from './weights.ts';
 import { CONFIG_NAME, WEIGHTS_NAME } from './unet_2d_condition.ts';
 
 /** The keys of a diffusers AutoencoderKL config this port reads. */
@@ -101,8 +102,17 @@ export class AutoencoderKL {
     return new AutoencoderKL(parseAutoencoderKLConfig(raw, options.source), new ParamStore(options.seed ?? 0, options.trainable ?? false));
   }
 
-  /** Loads `dir/config.json` and `dir/diffusion_pytorch_model.safetensors`. */
-  static async fromPretrained(dir: string): Promise<AutoencoderKL> {
+  /** Every parameter's diffusers name, kind and PyTorch shape for a config, without allocating any. */
+  static parameterSpecs(raw: Record<string, unknown>, source?: string): ParamSpec[] {
+    return new AutoencoderKL(parseAutoencoderKLConfig(raw, source), new ParamStore(0, false, { specOnly: true })).store.specs();
+  }
+
+  /**
+   * Loads `dir/config.json` and the weights as diffusers' `from_pretrained` finds them (the UNet's
+   * way: `diffusion_pytorch_model[.variant].safetensors` or its sharded index, F16/BF16 widened);
+   * every variable is built from the file's tensor, one at a time, never initialised first.
+   */
+  static async fromPretrained(dir: string, options: { trainable?: boolean; variant?: string } = {}): Promise<AutoencoderKL> {
     const configPath = join(dir, CONFIG_NAME);
     let raw: Record<string, unknown>;
     try {
@@ -110,18 +120,18 @@ export class AutoencoderKL {
     } catch (err) {
       throw new Error(`${configPath}: cannot read the VAE config (${(err as Error).message})`);
     }
-    const model = AutoencoderKL.fromConfig(raw, { source: configPath });
+    const config = parseAutoencoderKLConfig(raw, configPath);
+    const weights = WeightFiles.open(dir, WEIGHTS_NAME, options.variant);
     try {
-      const weightsPath = join(dir, WEIGHTS_NAME);
-      model.loadStateDict((await readSafetensors(weightsPath)).tensors, weightsPath);
-    } catch (err) {
-      model.dispose();
-      throw err;
+      checkAgainst(AutoencoderKL.parameterSpecs(raw, configPath), weights, 'the VAE config');
+      return new AutoencoderKL(config, new ParamStore(0, options.trainable ?? false, { read: (name) => readFloat32(weights, name) }));
+    } finally {
+      weights.close();
     }
-    return model;
   }
 
-  loadStateDict(tensors: Map<string, StoredTensor>, source = 'state dict'): void {
+  /** Assigns every parameter from a PyTorch-layout state dict or weight files; any missing, unexpected or mis-shaped key is an error naming the source. */
+  loadStateDict(tensors: Map<string, StoredTensor> | TensorSource, source = 'state dict'): void {
     this.store.loadStateDict(tensors, source, 'the VAE config');
   }
 

@@ -66,6 +66,11 @@ export interface StepContext {
    * gradients join the window's when the main thread closes the window).
    */
   onReplica?: number;
+  /**
+   * True on the run's last micro-batch (distill's `stopAfter` said so when the step was computed):
+   * the stream completes after it. Operators after the step may act on it (checkpoint saves on it).
+   */
+  last?: boolean;
 }
 
 /**

@@ -9,7 +9,11 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Tensor3D } from '../tf.ts';
-import { UNet2DConditionModel } from '../models/unet_2d_condition.ts';
+import { UNet2DConditionModel, WEIGHTS_NAME } from '../models/unet_2d_condition.ts';
+import { checkAgainst, readFloat32 } from '../models/weights.ts';
+import { torchToTf } from '../models/params.ts';
+import { WeightFiles } from '../models/weights.ts';
+import { countParams, distillMemoryPlan, inspectUNetWeights, refuseIfTooBigForWasm, type MemoryPlan } from '../models/memory.ts';
 import { LoraAdapter } from '../models/lora.ts';
 import { NoiseSchedule } from '../models/schedule.ts';
 import { Adam, EmaWeights, GradAccumulator } from '../models/optim.ts';
@@ -19,101 +23,9 @@ import type { StepObserver } from '../swiftbrush/observer.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 import { pipelineLayouts, resolvePipelineDirs, SCHEDULER_CONFIG, type PipelineDirs } from '../models/pipeline_folder.ts';
 
-/** Hyper-parameters; defaults are the official SwiftBrush script's (SD 2.1-base). */
-export interface DistillConfig {
-  seed: number;
-  batchSize: number;
-  gradAccum: number;
-  guidanceScale: number;
-  studentLr: number;
-  /** Linear warm-up of the student's lr over its first steps (0 = none), as diffusers' schedulers do. */
-  lrWarmupSteps: number;
-  /**
-   * The student's lr after warm-up, as diffusers' get_scheduler names it: 'constant' (official;
-   * with warm-up it is constant_with_warmup), or 'linear' / 'cosine' decay to 0 at lrDecaySteps.
-   */
-  lrScheduler: 'constant' | 'linear' | 'cosine';
-  /** diffusers' num_training_steps for the decaying schedules; 0 = the run's --steps. */
-  lrDecaySteps: number;
-  loraLr: number;
-  loraRank: number;
-  loraAlpha: number;
-  loraTargets: string[];
-  maxGradNorm: number;
-  /** EMA of the student; 0 disables it. */
-  emaDecay: number;
-  /** VSD timesteps t ∈ [tMin, tMax] (inclusive), the LoRA teacher's t′ ∈ [0, T−1]. */
-  tMin: number;
-  tMax: number;
-  /**
-   * The LoRA teacher's loss: 'official' = mse(√ᾱ_t′·ε_φ, √ᾱ_t′·ε′) (SwiftBrush; weak at high t′),
-   * 'epsilon' = mse(ε_φ, ε′), the plain denoising loss of diffusers' training scripts (every t′ alike).
-   */
-  loraLossWeighting: 'official' | 'epsilon';
-  /**
-   * The score gradient's weighting per sample: 'official' = σ_t² (ε_teacher − ε_lora) (SwiftBrush,
-   * ProlificDreamer's w(t)); 'dmd' = (ε_teacher − ε_lora) / mean|ε − ε_teacher|, DMD's (Yin et al.
-   * 2024, eq. 8) normalisation (μ_fake − μ_real) / mean|μ_real − x̂0| written in ε: the difference of
-   * the two x0-predictions divided by how far the teacher's x0-prediction is from x̂0.
-   */
-  vsdWeighting: 'official' | 'dmd';
-  /**
-   * λ in [0, 1]: the score gradient uses (1 − λ)·ε_lora + λ·ε as the fake score, i.e. mixes
-   * DreamFusion's SDS (ε_teacher − ε) into VSD. 0 (official) is pure VSD.
-   */
-  sdsWeight: number;
-  /** Probability (one draw per micro-batch) that the LoRA teacher trains on the null prompt. */
-  loraNullPromptProb: number;
-  /**
-   * Threads computing micro-batches of a window at once (1 = the main thread alone). Each extra
-   * replica takes whole micro-batches, so it needs gradAccum ≥ replicas; the result equals the
-   * sequential run's up to float summation order.
-   */
-  replicas: number;
-  /**
-   * The student steps on every N-th optimiser step only; the LoRA teacher on every one (DMD2's
-   * two-time-scale update, `dfake_gen_update_ratio`): the LoRA teacher tracks the student with N
-   * times the updates, and the steps in between skip the teacher passes and the student's backward.
-   * 1 = official (both every step). The first student step is step N−1.
-   */
-  studentUpdateEvery: number;
-  /** Stop after this many consecutive windows with a non-finite loss or gradient. */
-  maxNonFiniteSteps: number;
-  adamBeta1: number;
-  adamBeta2: number;
-  adamEps: number;
-  adamWeightDecay: number;
-}
+import type { DistillConfig } from '../swiftbrush/config.ts';
 
-export const OFFICIAL_DEFAULTS: DistillConfig = {
-  seed: 0,
-  batchSize: 16,
-  gradAccum: 1,
-  guidanceScale: 4.5,
-  studentLr: 1e-6,
-  lrWarmupSteps: 0,
-  lrScheduler: 'constant',
-  lrDecaySteps: 0,
-  loraLr: 1e-3,
-  loraRank: 64,
-  loraAlpha: 108,
-  loraTargets: ['to_q', 'to_v'],
-  maxGradNorm: 1.0,
-  emaDecay: 0.9999,
-  tMin: 20,
-  tMax: 980,
-  loraLossWeighting: 'official',
-  vsdWeighting: 'official',
-  sdsWeight: 0,
-  loraNullPromptProb: 0.1,
-  replicas: 1,
-  studentUpdateEvery: 1,
-  maxNonFiniteSteps: 10,
-  adamBeta1: 0.9,
-  adamBeta2: 0.999,
-  adamEps: 1e-8,
-  adamWeightDecay: 0,
-};
+export { OFFICIAL_DEFAULTS, type DistillConfig } from '../swiftbrush/config.ts';
 
 export interface DistillState {
   readonly config: DistillConfig;
@@ -137,6 +49,8 @@ export interface DistillState {
   replicas?: Replicas;
   /** Counters that survive a resume. */
   readonly counters: { nonFiniteInARow: number; skippedSteps: number };
+  /** The run's complete settings, written into every checkpoint so that --resume restores them. */
+  runSettings?: object;
 }
 
 /**
@@ -175,8 +89,11 @@ export async function createDistillState(options: { teacherDir: string; nullEmbe
   const config = draws.guidanceScale === undefined ? options.config : { ...options.config, guidanceScale: draws.guidanceScale };
   const dirs = await resolveTeacherDirs(options.teacherDir);
   const schedule = await NoiseSchedule.load(dirs.scheduler);
-  const teacher = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: false });
-  const student = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: true });
+  const plan = await planDistillation(options.teacherDir, config, options.embedShape[0]);
+  refuseIfTooBigForWasm(plan.plan, tf.getBackend(), `distilling ${dirs.unet} (${plan.params.toLocaleString('en')} parameters)`);
+  const variant = config.variant ?? undefined;
+  const teacher = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: false, variant });
+  const student = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: true, variant });
   const lora = LoraAdapter.attach(teacher, { rank: config.loraRank, alpha: config.loraAlpha, targetModules: config.loraTargets }, config.seed);
   const adam = (lr: number) => ({ lr, beta1: config.adamBeta1, beta2: config.adamBeta2, eps: config.adamEps, weightDecay: config.adamWeightDecay });
   const studentParams = student.store.named();
@@ -196,6 +113,18 @@ export async function createDistillState(options: { teacherDir: string; nullEmbe
     nullEmbeds: tf.tensor3d(options.nullEmbeds, [1, ...options.embedShape]),
     counters: { nonFiniteInARow: 0, skippedSteps: 0 },
   };
+}
+
+/**
+ * What a distillation of this teacher will hold (from its config.json and the weight files'
+ * headers: nothing is loaded), and the parameter counts of the config and of the files.
+ */
+export async function planDistillation(teacherDir: string, config: DistillConfig, tokens: number): Promise<{ plan: MemoryPlan; params: number; fileParams: number; files: string[]; dtypes: string[] }> {
+  // Only the UNet's config and weight headers: a bare UNet folder, without a scheduler, plans too.
+  const dirs = resolvePipelineDirs(teacherDir);
+  const info = await inspectUNetWeights(dirs.unet, config.variant ?? undefined);
+  const plan = distillMemoryPlan({ specs: info.specs, config: info.config, batchSize: config.batchSize, gradAccum: config.gradAccum, emaDecay: config.emaDecay, loraRank: config.loraRank, loraTargets: config.loraTargets, tokens });
+  return { plan, params: countParams(info.specs), fileParams: info.fileParams, files: info.files, dtypes: info.dtypes };
 }
 
 export function disposeDistillState(state: DistillState): void {
@@ -263,6 +192,7 @@ export async function writeTrainingSnapshot(state: DistillState, snapshot: Train
     student_optimizer_step: snapshot.studentOptimizer.step,
     lora_optimizer_step: snapshot.loraOptimizer.step,
     config: state.config,
+    ...(state.runSettings ? { settings: state.runSettings } : {}),
   });
 }
 
@@ -273,16 +203,29 @@ export async function writeTrainingSnapshot(state: DistillState, snapshot: Train
 export async function readTrainingState(state: DistillState, dir: string): Promise<TrainingProgress> {
   const json = JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as TrainingProgress & { student_optimizer_step: number; lora_optimizer_step: number };
   const weights = async (path: string) => (await readSafetensors(join(dir, path))).tensors;
-  state.student.loadStateDict(await weights('unet/diffusion_pytorch_model.safetensors'), join(dir, 'unet'));
+  const unet = WeightFiles.open(join(dir, 'unet'), WEIGHTS_NAME);
+  try {
+    state.student.loadStateDict(unet);
+  } finally {
+    unet.close();
+  }
   if (state.ema) {
-    // EMA shadows are stored in PyTorch layout (a loadable diffusers UNet): load through a scratch
-    // model. A run saved without EMA (--ema-decay 0) has none: the average starts at the resumed weights.
-    const source = existsSync(join(dir, 'unet_ema')) ? UNet2DConditionModel.fromConfig(state.student.config, { trainable: false }) : null;
-    try {
-      if (source) source.loadStateDict(await weights('unet_ema/diffusion_pytorch_model.safetensors'), join(dir, 'unet_ema'));
-      for (const [name, v] of (source ?? state.student).store.named()) state.ema.get(name).assign(v);
-    } finally {
-      source?.dispose(); // also when a bad unet_ema fails to load
+    // EMA shadows are stored in PyTorch layout (a loadable diffusers UNet), read one tensor at a time.
+    // A run saved without EMA (--ema-decay 0) has none: the average starts at the resumed weights.
+    if (existsSync(join(dir, 'unet_ema'))) {
+      const ema = WeightFiles.open(join(dir, 'unet_ema'), WEIGHTS_NAME);
+      try {
+        checkAgainst(state.student.store.specs(), ema);
+        for (const p of state.student.store.params.values()) {
+          const value = torchToTf(p.kind, readFloat32(ema, p.name), p.torchShape);
+          state.ema.get(p.name).assign(value);
+          value.dispose();
+        }
+      } finally {
+        ema.close();
+      }
+    } else {
+      for (const [name, v] of state.student.store.named()) state.ema.get(name).assign(v);
     }
   }
   state.lora.loadStateDict(await weights('unet_lora/adapter_model.safetensors'), join(dir, 'unet_lora'));
