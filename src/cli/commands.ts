@@ -9,9 +9,10 @@ import { register as trainTeacher } from './train_teacher.ts';
 import { register as distill } from './distill.ts';
 import { register as defaultRun } from './default.ts';
 import { register as unetForward } from './unet_forward.ts';
+import { register as vaeForward } from './vae_forward.ts';
 import { register as sample } from './sample.ts';
 import { register as evaluate } from './eval.ts';
 import { register as bench } from './bench.ts';
 import { register as step } from './step.ts';
 
-export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy, trainTeacher, distill, defaultRun, unetForward, step, sample, evaluate, bench];
+export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy, trainTeacher, distill, defaultRun, unetForward, vaeForward, step, sample, evaluate, bench];

@@ -2,10 +2,12 @@
  * `swiftbrush sample --unet DIR --embeddings FILE.parquet [--steps 1|N] [--guidance-scale W]
  * [--seed S] [--limit P] [--n N] [--batch-size B] --out OUT`
  *
- * DIR: a pipeline folder (unet/ + scheduler/) or a UNet folder (scheduler from ../scheduler).
+ * DIR: a pipeline folder (unet/ + scheduler/, vae/ for a latent model) or a UNet folder (scheduler
+ * and VAE from ../scheduler and ../vae). With a VAE, the UNet's latents are decoded through it.
  * Samples N images (default one per prompt) round-robin over the first P non-empty prompts of the
  * file, and writes OUT/images.safetensors (`images` [N,C,H,W] float32 NCHW in [-1,1],
- * `prompt_index` [N] int32 = line of OUT/prompts.txt, 0-based), OUT/prompts.txt, OUT/grid.png
+ * `prompt_index` [N] int32 = line of OUT/prompts.txt, 0-based; with a VAE also `noise` and `latents`
+ * [N,c,h,w]: the starting noise and the latents before decoding), OUT/prompts.txt, OUT/grid.png
  * (one row per prompt). Steps 1 = SwiftBrush one-step (guidance default 1); N > 1 = DDIM with CFG
  * (guidance default DEFAULT_DDIM_GUIDANCE). See src/eval/sampling.ts.
  */
@@ -17,7 +19,7 @@ import { initBackend } from '../backend.ts';
 import { log } from '../log.ts';
 import { writeSafetensors } from '../models/safetensors.ts';
 import { writeImageGrid } from '../util/png.ts';
-import { generate, loadPipeline, nhwcToNchw, promptRows, readNullPrompt, readPromptEmbeddings, unetWidth } from '../eval/sampling.ts';
+import { disposePipeline, generate, loadPipeline, nhwcToNchw, promptRows, readNullPrompt, readPromptEmbeddings, unetWidth } from '../eval/sampling.ts';
 import { backendOption, float, int } from './options.ts';
 
 /** CFG scale of multi-step (DDIM) sampling when none is given; one-step sampling defaults to 1. */
@@ -57,12 +59,13 @@ export async function sampleToDir(o: SampleOptions): Promise<SampleResult> {
   const nullEmbed = guidanceScale !== 1 ? await readNullPrompt(o.embeddings, model.width) : undefined;
   const n = o.n ?? prompts.length;
   const promptIndex = Int32Array.from({ length: n }, (_, i) => i % prompts.length);
-  const { unet, schedule, schedulerSource } = await loadPipeline(o.unet);
+  const pipeline = await loadPipeline(o.unet);
+  const { unet, schedule, vae, schedulerSource } = pipeline;
   try {
-    log.info({ unet: o.unet, scheduler: schedulerSource, n, prompts: prompts.length, steps, guidanceScale, seed: o.seed ?? 0 }, 'sampling');
+    log.info({ unet: o.unet, scheduler: schedulerSource, vae: vae ? 'decoding through vae/' : 'none (pixel space)', n, prompts: prompts.length, steps, guidanceScale, seed: o.seed ?? 0 }, 'sampling');
     let last = 0;
     const g = generate({
-      unet, schedule, embeds, embedShape: shape, promptIndex, nullEmbed, steps, guidanceScale, seed: o.seed ?? 0, batchSize: o.batchSize, warmup: true,
+      unet, schedule, vae, keepLatents: true, embeds, embedShape: shape, promptIndex, nullEmbed, steps, guidanceScale, seed: o.seed ?? 0, batchSize: o.batchSize, warmup: true,
       onBatch: (done, total) => {
         if (done === total || performance.now() - last > 2000) {
           last = performance.now();
@@ -73,9 +76,11 @@ export async function sampleToDir(o: SampleOptions): Promise<SampleResult> {
     await mkdir(o.out, { recursive: true });
     const [N, H, W, C] = g.shape;
     const files = { images: join(o.out, 'images.safetensors'), prompts: join(o.out, 'prompts.txt'), grid: join(o.out, 'grid.png') };
+    const latents = g.latents && { shape: [N, g.latents.shape[3], g.latents.shape[1], g.latents.shape[2]], noise: nhwcToNchw(g.latents.noise, g.latents.shape), x0: nhwcToNchw(g.latents.x0, g.latents.shape) };
     await writeSafetensors(files.images, {
       images: { shape: [N, C, H, W], data: nhwcToNchw(g.images, g.shape) },
       prompt_index: { shape: [N], data: promptIndex },
+      ...(latents ? { noise: { shape: latents.shape, data: latents.noise }, latents: { shape: latents.shape, data: latents.x0 } } : {}),
     }, { format: 'pt', steps: String(steps), guidance_scale: String(guidanceScale), seed: String(o.seed ?? 0), unet: o.unet, embeddings: o.embeddings, pixel_range: '[-1, 1]' });
     await writeFile(files.prompts, prompts.join('\n') + '\n');
     const grid = promptRows(g.images, g.shape, promptIndex, o.gridCols ?? 8);
@@ -83,7 +88,7 @@ export async function sampleToDir(o: SampleOptions): Promise<SampleResult> {
     await writeImageGrid(files.grid, grid.images, grid.shape, { rows: grid.rows, cols: grid.cols, rowLabels: grid.rowPrompts.map((p) => prompts[p]!), columnLabels: [{ text: title, from: 0, to: grid.cols }] });
     return { n, prompts: prompts.length, steps, guidanceScale, seconds: g.seconds, samplesPerSecond: n / g.seconds, files };
   } finally {
-    unet.dispose();
+    disposePipeline(pipeline);
   }
 }
 
@@ -91,7 +96,7 @@ export function register(program: Command): void {
   program
     .command('sample')
     .description('generate images from a diffusers UNet (one step: SwiftBrush x0 at t=T-1; N steps: DDIM with classifier-free guidance)')
-    .requiredOption('--unet <dir>', 'pipeline folder (unet/ + scheduler/) or UNet folder (scheduler in ../scheduler) (required)')
+    .requiredOption('--unet <dir>', 'pipeline folder (unet/ + scheduler/, vae/ for a latent model) or UNet folder (scheduler and VAE in ../scheduler, ../vae) (required)')
     .requiredOption('--embeddings <file>', 'embedding Parquet (prompts; the "" row is the null prompt for guidance) (required)')
     .requiredOption('--out <dir>', 'output folder: images.safetensors, prompts.txt, grid.png (required)')
     .option('--steps <n>', '1 = one-step generator; N > 1 = DDIM steps', int(1), 1)

@@ -29,7 +29,8 @@ export interface UnetInputs {
   encoderHiddenStates: { shape: [number, number, number]; data: Float32Array };
 }
 
-function toFloat32(t: StoredTensor): Float32Array {
+/** Any stored numeric tensor as float32 values. */
+export function toFloat32(t: StoredTensor): Float32Array {
   if (t.data instanceof Float32Array) return t.data;
   if (t.data instanceof BigInt64Array) return Float32Array.from(t.data, (v) => Number(v));
   return Float32Array.from(t.data as ArrayLike<number>);

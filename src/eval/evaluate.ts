@@ -19,7 +19,7 @@ import { NUM_PROMPTS, PROMPTS, parsePrompt, promptIndexOf } from '../mnist/promp
 import { Scorer } from '../mnist/score.ts';
 import { writeImageGrid } from '../util/png.ts';
 import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
-import { generate, loadPipeline, readNullPrompt, readPromptEmbeddings, unetWidth, type Pipeline, PIXEL_RANGE } from './sampling.ts';
+import { disposePipeline, generate, imageShape, loadPipeline, readNullPrompt, readPromptEmbeddings, unetWidth, type Pipeline, PIXEL_RANGE } from './sampling.ts';
 import { NoiseSchedule } from '../models/schedule.ts';
 import { resolveTeacherDirs } from '../operators/state.ts';
 import { DEFAULT_EMBEDDINGS } from '../default_data.ts';
@@ -190,8 +190,11 @@ export async function evaluateModels(o: EvaluateOptions): Promise<EvaluateResult
   let teacher: Pipeline | undefined;
   const progress = (model: ModelKey) => (done: number, total: number) => o.onProgress?.({ model, done, total });
   const run = (p: Pipeline, model: ModelKey, steps: number, guidanceScale: number, count = n) => {
+    // The scorer reads 28x28 grayscale digits: a latent model's decoded images must come out that way.
+    const shape = imageShape(p.unet, p.vae);
+    if (shape.join() !== '28,28,1') throw new Error(`eval: ${model} gives [${shape}] images${p.vae ? ' (decoded through its VAE)' : ''}; the MNIST scorer reads [28, 28, 1]`);
     log.info({ model, n: count, steps, guidanceScale }, 'eval: sampling');
-    return generate({ unet: p.unet, schedule: p.schedule, embeds: cond.embeds, embedShape: cond.shape, promptIndex: promptIndex.subarray(0, count), nullEmbed: cond.nullEmbed, steps, guidanceScale, seed, batchSize, warmup: true, onBatch: progress(model) });
+    return generate({ unet: p.unet, schedule: p.schedule, vae: p.vae, embeds: cond.embeds, embedShape: cond.shape, promptIndex: promptIndex.subarray(0, count), nullEmbed: cond.nullEmbed, steps, guidanceScale, seed, batchSize, warmup: true, onBatch: progress(model) });
   };
   try {
     if (doTeacher || (doStudent && o.gridPath)) teacher = await loadPipeline(o.teacher);
@@ -217,19 +220,20 @@ export async function evaluateModels(o: EvaluateOptions): Promise<EvaluateResult
       teacherGrid = (await readTeacherSamples(o.teacher, gridN, seed)) ?? run(teacher!, 'teacher_ddim25', teacherSteps, w, gridN).images;
     }
     if (doStudent) {
-      // A bare student UNet folder (e.g. checkpoint-N/unet) takes the teacher's scheduler, loaded or not.
-      const teacherSchedule = teacher?.schedule ?? (await resolveTeacherDirs(o.teacher).then((d) => NoiseSchedule.load(join(d.scheduler, 'scheduler_config.json'))).catch(() => undefined));
-      const student = await loadPipeline(o.student!, { fallbackSchedule: teacherSchedule });
+      // A bare student UNet folder (e.g. checkpoint-N/unet) takes the teacher's scheduler, loaded or not, and its VAE.
+      const teacherDirs = await resolveTeacherDirs(o.teacher).catch(() => undefined);
+      const teacherSchedule = teacher?.schedule ?? (teacherDirs && (await NoiseSchedule.load(join(teacherDirs.scheduler, 'scheduler_config.json')).catch(() => undefined)));
+      const student = await loadPipeline(o.student!, { fallbackSchedule: teacherSchedule, fallbackVae: teacherDirs?.vae });
       try {
         const one = run(student, 'student_1step', 1, 1);
         report.student_1step = figures(scorer, one.images, promptIndex, one.seconds);
         studentGrid = one.images.slice(0, gridN * 784);
       } finally {
-        student.unet.dispose();
+        disposePipeline(student);
       }
     }
   } finally {
-    teacher?.unet.dispose();
+    if (teacher) disposePipeline(teacher);
     if (!o.scorer) scorer.dispose();
   }
   let grid: string | undefined;

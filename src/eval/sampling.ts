@@ -19,7 +19,9 @@ import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Tensor3D, Tensor4D } from '../tf.ts';
-import { UNet2DConditionModel, CONFIG_NAME } from '../models/unet_2d_condition.ts';
+import { CONFIG_NAME, UNet2DConditionModel } from '../models/unet_2d_condition.ts';
+import { AutoencoderKL } from '../models/autoencoder_kl.ts';
+import { pipelineLayouts, resolvePipelineDirs, SCHEDULER_CONFIG } from '../models/pipeline_folder.ts';
 import { NoiseSchedule } from '../models/schedule.ts';
 import { ddimSample } from '../models/ddim.ts';
 import { mixSeed } from '../util/rng.ts';
@@ -28,32 +30,30 @@ import { checkEmbeddingWidth, expandFiles, modelWidth, readNullEmbedding } from 
 import { readFile } from 'node:fs/promises';
 
 export const PIXEL_RANGE: [number, number] = [-1, 1];
-const SCHEDULER_CONFIG = 'scheduler_config.json';
 
 export interface Pipeline {
   unet: UNet2DConditionModel;
   schedule: NoiseSchedule;
+  /** A latent model's VAE (its samples are decoded through it), null for a pixel-space model. */
+  vae: AutoencoderKL | null;
   unetDir: string;
   /** Where the scheduler config came from (or 'fallback'). */
   schedulerSource: string;
 }
 
 /**
- * Loads a diffusers pipeline folder (`DIR/unet/`, `DIR/scheduler/`) or a UNet folder (`DIR/config.json`;
- * the scheduler is then `DIR/../scheduler/`, else `DIR/scheduler_config.json`, else `fallbackSchedule`).
+ * Loads a diffusers pipeline folder (`DIR/unet/`, `DIR/scheduler/`, `DIR/vae/` when latent) or a UNet
+ * folder (`DIR/config.json`; the scheduler is then `DIR/../scheduler/`, else `DIR/scheduler_config.json`,
+ * else `fallbackSchedule`; the VAE `DIR/../vae/`, else `fallbackVae`).
  */
-export async function loadPipeline(dir: string, opts: { fallbackSchedule?: NoiseSchedule } = {}): Promise<Pipeline> {
-  let unetDir: string;
-  let candidates: string[];
-  if (existsSync(join(dir, 'unet', CONFIG_NAME))) {
-    unetDir = join(dir, 'unet');
-    candidates = [join(dir, 'scheduler', SCHEDULER_CONFIG)];
-  } else if (existsSync(join(dir, CONFIG_NAME))) {
-    unetDir = dir;
-    candidates = [join(dirname(resolve(dir)), 'scheduler', SCHEDULER_CONFIG), join(dir, SCHEDULER_CONFIG)];
-  } else {
-    throw new Error(`${dir}: neither a pipeline folder (unet/${CONFIG_NAME}) nor a UNet folder (${CONFIG_NAME})`);
-  }
+export async function loadPipeline(dir: string, opts: { fallbackSchedule?: NoiseSchedule; fallbackVae?: string | null } = {}): Promise<Pipeline> {
+  const dirs = resolvePipelineDirs(dir);
+  const isPipelineFolder = dirs.root === dir;
+  const candidates = dirs.scheduler
+    ? [join(dirs.scheduler, SCHEDULER_CONFIG)]
+    : isPipelineFolder
+      ? [join(dir, 'scheduler', SCHEDULER_CONFIG)]
+      : [join(dirname(resolve(dir)), 'scheduler', SCHEDULER_CONFIG), join(dir, SCHEDULER_CONFIG)];
   const found = candidates.find((p) => existsSync(p));
   let schedule: NoiseSchedule;
   let schedulerSource: string;
@@ -64,10 +64,22 @@ export async function loadPipeline(dir: string, opts: { fallbackSchedule?: Noise
     schedule = opts.fallbackSchedule;
     schedulerSource = 'fallback';
   } else {
-    throw new Error(`${dir}: no scheduler config; looked for ${candidates.join(' and ')} (pass a pipeline folder with unet/ and scheduler/)`);
+    throw new Error(`${dir}: no scheduler config; looked for ${candidates.join(' and ')}; expected ${pipelineLayouts(dir)}`);
   }
-  const unet = await UNet2DConditionModel.fromPretrained(unetDir, { trainable: false });
-  return { unet, schedule, unetDir, schedulerSource };
+  const vaeDir = dirs.vae ?? opts.fallbackVae ?? null;
+  const vae = vaeDir ? await AutoencoderKL.fromPretrained(vaeDir) : null;
+  try {
+    const unet = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: false });
+    return { unet, schedule, vae, unetDir: dirs.unet, schedulerSource };
+  } catch (err) {
+    vae?.dispose();
+    throw err;
+  }
+}
+
+export function disposePipeline(p: Pipeline): void {
+  p.unet.dispose();
+  p.vae?.dispose();
 }
 
 /** The model's image size [H, W, C] from its config (`sample_size`: a number or [H, W]). */
@@ -76,6 +88,12 @@ export function sampleShape(unet: UNet2DConditionModel): [number, number, number
   const [h, w] = Array.isArray(s) ? s : [s, s];
   if (!(Number.isInteger(h) && Number.isInteger(w) && h! > 0 && w! > 0)) throw new Error(`UNet config has no usable sample_size (${JSON.stringify(s)}): cannot tell the image size`);
   return [h!, w!, unet.config.in_channels];
+}
+
+/** The size [H, W, C] of the images a UNet (and VAE, for a latent model) produce: decoded images are f× larger with the VAE's out_channels. */
+export function imageShape(unet: UNet2DConditionModel, vae: AutoencoderKL | null): [number, number, number] {
+  const [h, w, c] = sampleShape(unet);
+  return vae ? [h * vae.downscale, w * vae.downscale, vae.config.out_channels] : [h, w, c];
 }
 
 export interface PromptEmbeddings {
@@ -144,6 +162,10 @@ export function sampleNoise(seed: number, index: number, shape: [number, number,
 export interface GenerateOptions {
   unet: UNet2DConditionModel;
   schedule: NoiseSchedule;
+  /** A latent model's VAE: the UNet's x0 (latents) are decoded to images through it. */
+  vae?: AutoencoderKL | null;
+  /** Also return the latents (before decoding) and the noise they came from (only with a VAE). */
+  keepLatents?: boolean;
   /** [P, L, D] condition embeddings; `promptIndex` picks one per sample. */
   embeds: Float32Array;
   embedShape: [number, number];
@@ -164,9 +186,11 @@ export interface GenerateOptions {
 }
 
 export interface Generated {
-  /** NHWC [N, H, W, C], clamped to [-1, 1]. */
+  /** NHWC [N, H, W, C], clamped to [-1, 1] (decoded when there is a VAE). */
   images: Float32Array;
   shape: [number, number, number, number];
+  /** With a VAE and `keepLatents`: the noise z and the sampled latents x0, NHWC [N, h, w, c]. */
+  latents?: { noise: Float32Array; x0: Float32Array; shape: [number, number, number, number] };
   /** Wall seconds of the sampling itself (noise, UNet passes, read-back). */
   seconds: number;
 }
@@ -174,6 +198,8 @@ export interface Generated {
 /** Generates one image per entry of `promptIndex` (see the module comment for the decisions). */
 export function generate(o: GenerateOptions): Generated {
   const [H, W, C] = sampleShape(o.unet);
+  const vae = o.vae ?? null;
+  if (vae && vae.config.latent_channels !== C) throw new Error(`generate: the VAE's latent_channels (${vae.config.latent_channels}) differ from the UNet's in_channels (${C})`);
   const [L, D] = o.embedShape;
   const per = L * D;
   const N = o.promptIndex.length;
@@ -186,7 +212,11 @@ export function generate(o: GenerateOptions): Generated {
   const bs = Math.max(1, o.batchSize ?? 32);
   const T = o.schedule.numTrainTimesteps;
   const pix = H * W * C;
-  const images = new Float32Array(N * pix);
+  // Decoded images are [latentSize · f, …, out_channels] (no decode for a pixel-space model).
+  const [oh, ow, oc] = imageShape(o.unet, vae);
+  const outPix = oh * ow * oc;
+  const images = new Float32Array(N * outPix);
+  const keep = vae && o.keepLatents ? { noise: new Float32Array(N * pix), x0: new Float32Array(N * pix) } : undefined;
   if (o.warmup) {
     // one untimed batch-1 pass: first-call kernel set-up would otherwise count against samples/s
     tf.tidy(() => o.unet.forward(tf.zeros([1, H, W, C]) as Tensor4D, [T - 1], tf.tensor3d(o.embeds.subarray(0, per), [1, L, D]) as Tensor3D).dataSync());
@@ -219,13 +249,16 @@ export function generate(o: GenerateOptions): Generated {
       } else {
         x0 = ddimSample({ schedule: o.schedule, steps: o.steps, guidanceScale: 1, noise: z, predict: (x, t) => modelOut(x, t) });
       }
-      return tf.clipByValue(x0, PIXEL_RANGE[0], PIXEL_RANGE[1]);
+      if (keep) keep.x0.set(x0.dataSync() as Float32Array, s * pix);
+      return vae ? vae.decodeToImages(x0) : tf.clipByValue(x0, PIXEL_RANGE[0], PIXEL_RANGE[1]);
     });
-    images.set(out.dataSync() as Float32Array, s * pix);
+    if (keep) keep.noise.set(noise, s * pix);
+    images.set(out.dataSync() as Float32Array, s * outPix);
     out.dispose();
     o.onBatch?.(e, N);
   }
-  return { images, shape: [N, H, W, C], seconds: (performance.now() - t0) / 1000 };
+  const latents = keep && { ...keep, shape: [N, H, W, C] as [number, number, number, number] };
+  return { images, shape: [N, oh, ow, oc], ...(latents ? { latents } : {}), seconds: (performance.now() - t0) / 1000 };
 }
 
 /** NHWC → NCHW on the host (a copy; with C = 1 the same values). */

@@ -15,13 +15,14 @@ export class Attention {
   readonly to_out: Linear;
   private readonly headDim: number;
 
-  constructor(store: ParamStore, name: string, queryDim: number, crossAttentionDim: number | null, readonly heads: number, headDim: number) {
+  /** @param qkvBias biases on to_q/to_k/to_v (diffusers' `bias`: off in the UNet's transformers, on in the VAE's mid-block attention). */
+  constructor(store: ParamStore, name: string, queryDim: number, crossAttentionDim: number | null, readonly heads: number, headDim: number, qkvBias = false) {
     const inner = heads * headDim;
     const ctxDim = crossAttentionDim ?? queryDim;
     this.headDim = headDim;
-    this.to_q = new Linear(store, `${name}.to_q`, queryDim, inner, false);
-    this.to_k = new Linear(store, `${name}.to_k`, ctxDim, inner, false);
-    this.to_v = new Linear(store, `${name}.to_v`, ctxDim, inner, false);
+    this.to_q = new Linear(store, `${name}.to_q`, queryDim, inner, qkvBias);
+    this.to_k = new Linear(store, `${name}.to_k`, ctxDim, inner, qkvBias);
+    this.to_v = new Linear(store, `${name}.to_v`, ctxDim, inner, qkvBias);
     this.to_out = new Linear(store, `${name}.to_out.0`, inner, queryDim, true);
   }
 

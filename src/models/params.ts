@@ -7,7 +7,9 @@
  */
 import { tf } from '../tf.ts';
 import type { Tensor, Variable } from '../tf.ts';
+import type { StoredTensor } from './safetensors.ts';
 import { writeSafetensorsStreaming } from './safetensors.ts';
+import { checkAgainst, mapSource, readFloat32, type TensorSource } from './weights.ts';
 
 /** Host copies in PyTorch layout, keyed by diffusers name. */
 export type HostArrays = Record<string, { shape: number[]; data: Float32Array }>;
@@ -99,6 +101,21 @@ export class ParamStore {
   /** Names, kinds and PyTorch shapes of every parameter. */
   specs(): ParamSpec[] {
     return [...this.params.values()].map(({ name, kind, torchShape }) => ({ name, kind, torchShape }));
+  }
+
+  /**
+   * Assigns every parameter from a PyTorch-layout state dict or weight files, one tensor at a time;
+   * any missing, unexpected or mis-shaped key is an error naming the source and what it should
+   * match (`against`, e.g. 'the UNet config').
+   */
+  loadStateDict(tensors: Map<string, StoredTensor> | TensorSource, source: string, against: string): void {
+    const from = tensors instanceof Map ? mapSource(tensors, source) : tensors;
+    checkAgainst(this.specs(), from, against);
+    for (const [name, p] of this.params) {
+      const value = torchToTf(p.kind, readFloat32(from, name), p.torchShape);
+      p.variable.assign(value);
+      value.dispose();
+    }
   }
 
   get(name: string): Variable {

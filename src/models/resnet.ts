@@ -7,16 +7,17 @@ import { Conv2d, GroupNorm, Linear, silu } from './layers.ts';
 export class ResnetBlock2D {
   readonly norm1: GroupNorm;
   readonly conv1: Conv2d;
-  readonly time_emb_proj: Linear;
+  /** Absent when the block takes no time embedding (tembChannels null: the VAE's blocks). */
+  readonly time_emb_proj: Linear | null;
   readonly norm2: GroupNorm;
   readonly conv2: Conv2d;
   readonly conv_shortcut: Conv2d | null;
 
-  constructor(store: ParamStore, name: string, opts: { inChannels: number; outChannels: number; tembChannels: number; groups: number; eps: number; outputScaleFactor: number }) {
+  constructor(store: ParamStore, name: string, opts: { inChannels: number; outChannels: number; tembChannels: number | null; groups: number; eps: number; outputScaleFactor: number }) {
     const { inChannels, outChannels } = opts;
     this.norm1 = new GroupNorm(store, `${name}.norm1`, opts.groups, inChannels, opts.eps);
     this.conv1 = new Conv2d(store, `${name}.conv1`, inChannels, outChannels, 3, 1, 1);
-    this.time_emb_proj = new Linear(store, `${name}.time_emb_proj`, opts.tembChannels, outChannels);
+    this.time_emb_proj = opts.tembChannels === null ? null : new Linear(store, `${name}.time_emb_proj`, opts.tembChannels, outChannels);
     this.norm2 = new GroupNorm(store, `${name}.norm2`, opts.groups, outChannels, opts.eps);
     this.conv2 = new Conv2d(store, `${name}.conv2`, outChannels, outChannels, 3, 1, 1);
     this.conv_shortcut = inChannels !== outChannels ? new Conv2d(store, `${name}.conv_shortcut`, inChannels, outChannels, 1) : null;
@@ -28,12 +29,16 @@ export class ResnetBlock2D {
   /**
    * In its own tf.tidy: intermediates no gradient saved are freed when the block returns, not when
    * the whole UNet pass ends (a gradient tape keeps what its backward needs regardless).
+   * `temb` is null for blocks without a time_emb_proj (the VAE's).
    */
-  forward(x: Tensor4D, temb: Tensor2D): Tensor4D {
+  forward(x: Tensor4D, temb: Tensor2D | null): Tensor4D {
     return tf.tidy(() => {
       let h = this.conv1.forward(silu(this.norm1.forward(x)));
-      const t = this.time_emb_proj.forward(silu(temb));
-      h = tf.add(h, tf.reshape(t, [t.shape[0], 1, 1, t.shape[1]]));
+      if (this.time_emb_proj) {
+        if (!temb) throw new Error('ResnetBlock2D: this block has a time_emb_proj and needs a time embedding');
+        const t = this.time_emb_proj.forward(silu(temb));
+        h = tf.add(h, tf.reshape(t, [t.shape[0], 1, 1, t.shape[1]]));
+      }
       h = this.conv2.forward(silu(this.norm2.forward(h)));
       const shortcut = this.conv_shortcut ? this.conv_shortcut.forward(x) : x;
       const out: Tensor4D = tf.add(shortcut, h);

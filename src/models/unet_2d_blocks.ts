@@ -1,9 +1,10 @@
-/** The UNet's down, mid and up blocks, named and wired as in diffusers' unet_2d_blocks.py. */
+/** The UNet's and the VAE's down, mid and up blocks, named and wired as in diffusers' unet_2d_blocks.py. */
 import { tf } from '../tf.ts';
 import type { Tensor2D, Tensor3D, Tensor4D } from '../tf.ts';
 import type { ParamStore } from './params.ts';
 import { ResnetBlock2D, Downsample2D, Upsample2D } from './resnet.ts';
-import { Transformer2DModel } from './attention.ts';
+import { Attention, Transformer2DModel } from './attention.ts';
+import { GroupNorm } from './layers.ts';
 
 export interface BlockOptions {
   numLayers: number;
@@ -111,6 +112,101 @@ export class UpBlock2D {
       if (this.attentions.length) h = this.attentions[i]!.forward(h, context);
     });
     for (const up of this.upsamplers) h = up.forward(h, upsampleSize);
+    return h;
+  }
+}
+
+/**
+ * diffusers' `Attention` as UNetMidBlock2D builds it for the VAE (`_from_deprecated_attn_block`):
+ * group_norm over the feature map, single-head self-attention over the H·W positions with biased
+ * to_q/to_k/to_v, to_out.0, and a residual connection. Keys: `{name}.group_norm`, `{name}.to_q`, ….
+ */
+export class SpatialSelfAttention {
+  readonly group_norm: GroupNorm;
+  readonly attention: Attention;
+
+  constructor(store: ParamStore, name: string, channels: number, groups: number, eps: number) {
+    this.group_norm = new GroupNorm(store, `${name}.group_norm`, groups, channels, eps);
+    this.attention = new Attention(store, name, channels, null, 1, channels, true);
+  }
+
+  forward(x: Tensor4D): Tensor4D {
+    const [b, h, w, c] = x.shape;
+    const seq = tf.reshape(this.group_norm.forward(x), [b, h * w, c]) as Tensor3D;
+    return tf.add(tf.reshape(this.attention.forward(seq, null), [b, h, w, c]), x);
+  }
+}
+
+/** Options of the VAE's blocks (no time embedding; diffusers' Encoder/Decoder use eps 1e-6). */
+export interface VaeBlockOptions {
+  numLayers: number;
+  inChannels: number;
+  outChannels: number;
+  groups: number;
+  eps: number;
+}
+
+function vaeResnet(store: ParamStore, name: string, inChannels: number, outChannels: number, o: VaeBlockOptions): ResnetBlock2D {
+  return new ResnetBlock2D(store, name, { inChannels, outChannels, tembChannels: null, groups: o.groups, eps: o.eps, outputScaleFactor: 1 });
+}
+
+/** DownEncoderBlock2D: resnets, then a stride-2 conv (padding (0,1,0,1), as the Encoder asks with downsample_padding 0). */
+export class DownEncoderBlock2D {
+  readonly resnets: ResnetBlock2D[] = [];
+  readonly downsamplers: Downsample2D[] = [];
+
+  constructor(store: ParamStore, name: string, o: VaeBlockOptions & { addDownsample: boolean }) {
+    for (let i = 0; i < o.numLayers; i++) this.resnets.push(vaeResnet(store, `${name}.resnets.${i}`, i === 0 ? o.inChannels : o.outChannels, o.outChannels, o));
+    if (o.addDownsample) this.downsamplers.push(new Downsample2D(store, `${name}.downsamplers.0`, o.outChannels, 0));
+  }
+
+  forward(x: Tensor4D): Tensor4D {
+    let h = x;
+    for (const resnet of this.resnets) h = resnet.forward(h, null);
+    for (const down of this.downsamplers) h = down.forward(h);
+    return h;
+  }
+}
+
+/** UpDecoderBlock2D: resnets, then nearest ×2 and a 3x3 conv. */
+export class UpDecoderBlock2D {
+  readonly resnets: ResnetBlock2D[] = [];
+  readonly upsamplers: Upsample2D[] = [];
+
+  constructor(store: ParamStore, name: string, o: VaeBlockOptions & { addUpsample: boolean }) {
+    for (let i = 0; i < o.numLayers; i++) this.resnets.push(vaeResnet(store, `${name}.resnets.${i}`, i === 0 ? o.inChannels : o.outChannels, o.outChannels, o));
+    if (o.addUpsample) this.upsamplers.push(new Upsample2D(store, `${name}.upsamplers.0`, o.outChannels));
+  }
+
+  forward(x: Tensor4D): Tensor4D {
+    let h = x;
+    for (const resnet of this.resnets) h = resnet.forward(h, null);
+    for (const up of this.upsamplers) h = up.forward(h);
+    return h;
+  }
+}
+
+/** UNetMidBlock2D without time embedding: resnet, then (attention when `addAttention`, resnet) per layer. */
+export class UNetMidBlock2D {
+  readonly resnets: ResnetBlock2D[] = [];
+  /** Empty when diffusers' add_attention is false (its list then holds None and no weights). */
+  readonly attentions: SpatialSelfAttention[] = [];
+
+  constructor(store: ParamStore, name: string, o: Omit<VaeBlockOptions, 'outChannels'> & { addAttention: boolean }) {
+    const c = o.inChannels;
+    this.resnets.push(vaeResnet(store, `${name}.resnets.0`, c, c, { ...o, outChannels: c }));
+    for (let i = 0; i < o.numLayers; i++) {
+      if (o.addAttention) this.attentions.push(new SpatialSelfAttention(store, `${name}.attentions.${i}`, c, o.groups, o.eps));
+      this.resnets.push(vaeResnet(store, `${name}.resnets.${i + 1}`, c, c, { ...o, outChannels: c }));
+    }
+  }
+
+  forward(x: Tensor4D): Tensor4D {
+    let h = this.resnets[0]!.forward(x, null);
+    for (let i = 1; i < this.resnets.length; i++) {
+      const attn = this.attentions[i - 1];
+      h = this.resnets[i]!.forward(attn ? attn.forward(h) : h, null);
+    }
     return h;
   }
 }

@@ -6,12 +6,12 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Tensor, Tensor3D, Tensor4D, Variable } from '../tf.ts';
-import { ParamStore, torchToTf, type HostArrays, type ParamSpec } from './params.ts';
+import { ParamStore, type HostArrays, type ParamSpec } from './params.ts';
 import { Conv2d, GroupNorm, silu, type LoraState } from './layers.ts';
 import { TimestepEmbedding, timestepTensor } from './embeddings.ts';
 import { DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D } from './unet_2d_blocks.ts';
 import type { StoredTensor } from './safetensors.ts';
-import { mapSource, WeightFiles, type TensorSource } from './weights.ts';
+import { checkAgainst, readFloat32, WeightFiles, type TensorSource } from './weights.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 
 export const WEIGHTS_NAME = 'diffusion_pytorch_model.safetensors';
@@ -133,33 +133,6 @@ export async function readUNetConfig(configPath: string): Promise<Record<string,
   }
 }
 
-/** Missing, unexpected and mis-shaped keys of `source` against the model's parameters, as one error naming the source. */
-export function checkAgainst(specs: ParamSpec[], source: TensorSource, what = 'the UNet config'): void {
-  const expected = new Map(specs.map((p) => [p.name, p]));
-  const missing = specs.filter((p) => !source.entries.has(p.name)).map((p) => p.name);
-  const unexpected = [...source.entries.keys()].filter((k) => !expected.has(k));
-  const misShaped: string[] = [];
-  for (const p of specs) {
-    const t = source.entries.get(p.name);
-    if (t && t.shape.join(',') !== p.torchShape.join(',')) misShaped.push(`${p.name}: file [${t.shape}] vs model [${p.torchShape}]`);
-  }
-  const problems = [
-    missing.length ? `missing keys (${missing.length}): ${missing.join(', ')}` : '',
-    unexpected.length ? `unexpected keys (${unexpected.length}): ${unexpected.join(', ')}` : '',
-    misShaped.length ? `mis-shaped keys (${misShaped.length}): ${misShaped.join('; ')}` : '',
-  ].filter(Boolean);
-  if (problems.length) throw new Error(`${source.description} does not match ${what}:\n  ${problems.join('\n  ')}`);
-}
-
-/** One tensor as float32 (F16/BF16 are widened on read; F64 narrowed, as torch's .float() does); other dtypes are refused, naming the file and key. */
-export function readFloat32(source: TensorSource, name: string): Float32Array {
-  const t = source.read(name);
-  if (t.data instanceof Float32Array) return t.data;
-  if (t.data instanceof Float64Array) return Float32Array.from(t.data);
-  const file = source.entries.get(name)?.file ?? source.description;
-  throw new Error(`${file}: tensor '${name}' has dtype ${t.dtype}; model weights must be F32, F16, BF16 or F64`);
-}
-
 export class UNet2DConditionModel {
   readonly conv_in: Conv2d;
   readonly time_embedding: TimestepEmbedding;
@@ -252,13 +225,7 @@ export class UNet2DConditionModel {
    * any missing, unexpected or mis-shaped key is an error naming the source.
    */
   loadStateDict(tensors: Map<string, StoredTensor> | TensorSource, source = 'state dict'): void {
-    const from = tensors instanceof Map ? mapSource(tensors, source) : tensors;
-    checkAgainst(this.store.specs(), from);
-    for (const [name, p] of this.store.params) {
-      const value = torchToTf(p.kind, readFloat32(from, name), p.torchShape);
-      p.variable.assign(value);
-      value.dispose();
-    }
+    this.store.loadStateDict(tensors, source, 'the UNet config');
   }
 
   /** PyTorch-layout copies of every parameter (caller owns the arrays). */

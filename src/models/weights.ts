@@ -8,6 +8,7 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsFileReader, type StoredTensor, type TensorEntry } from './safetensors.ts';
+import type { ParamSpec } from './params.ts';
 
 /**
  * diffusers' `_add_variant`: the variant goes before the last extension, or before `.index.json`
@@ -134,4 +135,31 @@ function availableHint(dir: string, weightsName: string, variant?: string): stri
   if (variant && (found.includes(weightsName) || found.includes(`${weightsName}.index.json`))) options.push('no --variant');
   const advice = options.length ? `: use ${options.join(' or ')}` : '';
   return ` (found ${found.join(', ')}${advice})`;
+}
+
+/** Missing, unexpected and mis-shaped keys of `source` against the model's parameters, as one error naming the source. */
+export function checkAgainst(specs: readonly Pick<ParamSpec, 'name' | 'torchShape'>[], source: TensorSource, what = 'the UNet config'): void {
+  const expected = new Map(specs.map((p) => [p.name, p]));
+  const missing = specs.filter((p) => !source.entries.has(p.name)).map((p) => p.name);
+  const unexpected = [...source.entries.keys()].filter((k) => !expected.has(k));
+  const misShaped: string[] = [];
+  for (const p of specs) {
+    const t = source.entries.get(p.name);
+    if (t && t.shape.join(',') !== p.torchShape.join(',')) misShaped.push(`${p.name}: file [${t.shape}] vs model [${p.torchShape}]`);
+  }
+  const problems = [
+    missing.length ? `missing keys (${missing.length}): ${missing.join(', ')}` : '',
+    unexpected.length ? `unexpected keys (${unexpected.length}): ${unexpected.join(', ')}` : '',
+    misShaped.length ? `mis-shaped keys (${misShaped.length}): ${misShaped.join('; ')}` : '',
+  ].filter(Boolean);
+  if (problems.length) throw new Error(`${source.description} does not match ${what}:\n  ${problems.join('\n  ')}`);
+}
+
+/** One tensor as float32 (F16/BF16 are widened on read; F64 narrowed, as torch's .float() does); other dtypes are refused, naming the file and key. */
+export function readFloat32(source: TensorSource, name: string): Float32Array {
+  const t = source.read(name);
+  if (t.data instanceof Float32Array) return t.data;
+  if (t.data instanceof Float64Array) return Float32Array.from(t.data);
+  const file = source.entries.get(name)?.file ?? source.description;
+  throw new Error(`${file}: tensor '${name}' has dtype ${t.dtype}; model weights must be F32, F16, BF16 or F64`);
 }

@@ -23,7 +23,9 @@ import { tf } from '../tf.ts';
 import { initBackend } from '../backend.ts';
 import { createDistillState, disposeDistillState, readTrainingState, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
 import { validation } from './validation.ts';
-import { copyFile, mkdir, readFile } from 'node:fs/promises';
+import { AutoencoderKL } from '../models/autoencoder_kl.ts';
+import { completeStudentPipeline } from '../models/pipeline_folder.ts';
+import { readFile } from 'node:fs/promises';
 
 /**
  * A run's options. Settings left undefined take, in this order: the checkpoint's (with `resume`),
@@ -102,14 +104,16 @@ async function validationPrompts(files: string[], n: number, width: number) {
   return { embeds, shape: [take, L, D] as [number, number, number], prompts: picks.map((row) => first.prompts[row]!) };
 }
 
-/** Writes the student (pipeline layout: unet/ + scheduler/), the LoRA adapter and the run config. */
+/**
+ * Writes the student as a diffusers pipeline folder (its unet/ beside copies of the teacher's other
+ * components, e.g. scheduler/ and vae/, and a model_index.json: see completeStudentPipeline), the
+ * LoRA adapter and the run config.
+ */
 export async function exportStudent(state: DistillState, out: string, options: { teacherDir: string; raw?: boolean; runConfig: object }): Promise<string> {
   const studentDir = join(out, 'student');
   const weights = !options.raw && state.ema ? state.ema.shadow : undefined; // streamed from the device, one tensor at a time
   await state.student.savePretrained(join(studentDir, 'unet'), weights);
-  const dirs = await resolveTeacherDirs(options.teacherDir);
-  await mkdir(join(studentDir, 'scheduler'), { recursive: true });
-  await copyFile(join(dirs.scheduler, 'scheduler_config.json'), join(studentDir, 'scheduler', 'scheduler_config.json'));
+  await completeStudentPipeline(await resolveTeacherDirs(options.teacherDir), studentDir);
   await state.lora.save(join(out, 'lora'));
   await writeJsonAtomic(join(out, 'config.json'), options.runConfig);
   return studentDir;
@@ -219,6 +223,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
   const saved = SETTING_KEYS.filter((k) => SETTINGS[k].resume !== 'given');
   const runConfig = Object.fromEntries(saved.map((k) => [k, k === 'embeddings' ? files : settings[k]])) as unknown as RunSettings;
   state.runSettings = runConfig;
+  let vae: AutoencoderKL | undefined;
   try {
     let firstMicroStep = 0;
     let startStep = 0;
@@ -250,11 +255,14 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
       const operators: OperatorFunction<StepContext, StepContext>[] = [];
       if (settings.validationEvery > 0) {
         const v = await validationPrompts(files, settings.validationPrompts, width);
+        // A latent teacher's grids are decoded through its VAE.
+        const vaeDir = (await resolveTeacherDirs(settings.teacher)).vae;
+        vae = vaeDir ? await AutoencoderKL.fromPretrained(vaeDir, { variant: config.variant ?? undefined }) : undefined;
         // A grid can take long: a stop asked while it was drawn makes this step the last too.
         const askAgain = tap((ctx: StepContext) => {
           if (!ctx.last && isLast(ctx)) ctx.last = true;
         });
-        operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed }), askAgain);
+        operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed, vae }), askAgain);
       }
       operators.push(
         // The metrics line before the checkpoint: a run killed between the two redoes the step and logs it again, rather than never.
@@ -280,6 +288,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
     return { step: startStep, studentDir, stoppedEarly: startStep < settings.steps };
   } finally {
     await state.replicas?.dispose();
+    vae?.dispose();
     disposeDistillState(state);
   }
 }

@@ -9,7 +9,8 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Tensor3D } from '../tf.ts';
-import { checkAgainst, readFloat32, UNet2DConditionModel, WEIGHTS_NAME } from '../models/unet_2d_condition.ts';
+import { UNet2DConditionModel, WEIGHTS_NAME } from '../models/unet_2d_condition.ts';
+import { checkAgainst, readFloat32 } from '../models/weights.ts';
 import { torchToTf } from '../models/params.ts';
 import { WeightFiles } from '../models/weights.ts';
 import { countParams, distillMemoryPlan, inspectUNetWeights, refuseIfTooBigForWasm, type MemoryPlan } from '../models/memory.ts';
@@ -20,6 +21,7 @@ import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { SeededDraws, type Draws } from '../swiftbrush/draws.ts';
 import type { StepObserver } from '../swiftbrush/observer.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
+import { pipelineLayouts, resolvePipelineDirs, SCHEDULER_CONFIG, type PipelineDirs } from '../models/pipeline_folder.ts';
 
 import type { DistillConfig } from '../swiftbrush/config.ts';
 
@@ -68,12 +70,14 @@ export interface Replicas {
   dispose(): Promise<void>;
 }
 
-/** The teacher folder may be a pipeline (unet/, scheduler/) or a bare unet folder. */
-export async function resolveTeacherDirs(dir: string): Promise<{ unet: string; scheduler: string }> {
-  const exists = async (p: string) => readFile(p).then(() => true, () => false);
-  if (await exists(join(dir, 'unet', 'config.json'))) return { unet: join(dir, 'unet'), scheduler: join(dir, 'scheduler') };
-  if (await exists(join(dir, 'config.json'))) return { unet: dir, scheduler: join(dir, '..', 'scheduler') };
-  throw new Error(`${dir}: no diffusers UNet here (expected unet/config.json or config.json)`);
+/**
+ * The teacher's components: a diffusers pipeline folder (unet/, scheduler/, vae/ for a latent
+ * model) or a UNet folder inside one. A teacher without a scheduler is refused, naming both layouts.
+ */
+export async function resolveTeacherDirs(dir: string): Promise<PipelineDirs & { scheduler: string }> {
+  const dirs = resolvePipelineDirs(dir);
+  if (!dirs.scheduler) throw new Error(`${dir}: no scheduler (${SCHEDULER_CONFIG}); a teacher is ${pipelineLayouts(dir)}`);
+  return { ...dirs, scheduler: dirs.scheduler };
 }
 
 /**
@@ -116,7 +120,8 @@ export async function createDistillState(options: { teacherDir: string; nullEmbe
  * headers: nothing is loaded), and the parameter counts of the config and of the files.
  */
 export async function planDistillation(teacherDir: string, config: DistillConfig, tokens: number): Promise<{ plan: MemoryPlan; params: number; fileParams: number; files: string[]; dtypes: string[] }> {
-  const dirs = await resolveTeacherDirs(teacherDir);
+  // Only the UNet's config and weight headers: a bare UNet folder, without a scheduler, plans too.
+  const dirs = resolvePipelineDirs(teacherDir);
   const info = await inspectUNetWeights(dirs.unet, config.variant ?? undefined);
   const plan = distillMemoryPlan({ specs: info.specs, config: info.config, batchSize: config.batchSize, gradAccum: config.gradAccum, emaDecay: config.emaDecay, loraRank: config.loraRank, loraTargets: config.loraTargets, tokens });
   return { plan, params: countParams(info.specs), fileParams: info.fileParams, files: info.files, dtypes: info.dtypes };

@@ -2,7 +2,9 @@
  * validation: every `every` optimiser steps, the student (its EMA weights when there is an EMA,
  * as diffusers' training scripts validate) draws one image per validation prompt from FIXED noise
  * (same seed every time, so grids are comparable across steps) and writes
- * `OUT/samples/step-<step>.png`. Rendering is synchronous; only the PNG write is asynchronous.
+ * `OUT/samples/step-<step>.png`. With a VAE (a latent teacher) the latents are decoded to images,
+ * one sample at a time (as diffusers' enable_slicing). Rendering is synchronous; only the PNG write
+ * is asynchronous.
  */
 import { join } from 'node:path';
 import { concatMap, endWith, from, ignoreElements, of, type OperatorFunction } from 'rxjs';
@@ -13,6 +15,7 @@ import { StepRng, STREAMS } from '../util/rng.ts';
 import type { StepContext } from './context.ts';
 import type { DistillState } from './state.ts';
 import { latentShape, studentX0 } from '../swiftbrush/math.ts';
+import type { AutoencoderKL } from '../models/autoencoder_kl.ts';
 
 export interface ValidationOptions {
   out: string;
@@ -25,6 +28,8 @@ export interface ValidationOptions {
   seed?: number;
   /** Images per prompt (grid columns). */
   perPrompt?: number;
+  /** The teacher's VAE: latents are decoded through it (÷ scaling_factor + shift_factor, decode). Not owned. */
+  vae?: AutoencoderKL;
 }
 
 /** Runs `fn` with the student's weights replaced by its EMA shadows, restoring them after. */
@@ -41,7 +46,7 @@ export function withEmaWeights<T>(state: DistillState, fn: () => T): T {
   }
 }
 
-/** One-step samples of the student for the validation prompts: host [n·k, H, W, C]. */
+/** One-step samples of the student for the validation prompts (decoded when there is a VAE): host [n·k, H, W, C]. */
 export function renderValidation(state: DistillState, options: ValidationOptions): { images: Float32Array; shape: [number, number, number, number] } {
   const k = options.perPrompt ?? 4;
   const [n, L, D] = options.shape;
@@ -52,7 +57,8 @@ export function renderValidation(state: DistillState, options: ValidationOptions
       const yk = tf.reshape(tf.tile(tf.expandDims(y, 1), [1, k, 1, 1]), [n * k, L, D]) as Tensor3D;
       const z = new StepRng(options.seed ?? 0).normal(0, STREAMS.validation, [n * k, ...shape]) as Tensor4D;
       const x0 = studentX0(state, z, yk);
-      return { images: x0.dataSync() as Float32Array, shape: [n * k, ...shape] as [number, number, number, number] };
+      const images = options.vae ? options.vae.decodeToImages(x0) : x0;
+      return { images: images.dataSync() as Float32Array, shape: images.shape };
     }),
   );
 }

@@ -132,7 +132,7 @@ const prob = { min: 0, max: 1 };
 const beta = { min: 0, max: 1, maxExclusive: true };
 
 export const SETTINGS: { readonly [K in SettingKey]: Setting } = {
-  teacher: run({ kind: 'string', arg: '<dir>', required: true, resume: 'fixed', help: 'teacher pipeline folder (unet/ + scheduler/) or a bare unet folder' }),
+  teacher: run({ kind: 'string', arg: '<dir>', required: true, resume: 'fixed', help: 'teacher pipeline folder (unet/ + scheduler/, vae/ for a latent model) or a bare unet folder' }),
   embeddings: run({ kind: 'paths', arg: '<files>', required: true, help: 'embedding Parquet file(s): a path, a glob or a comma list' }),
   out: run({ kind: 'string', arg: '<dir>', required: true, resume: 'given', help: 'run folder (checkpoints, samples, metrics, student); never holding anything a run did not write' }),
   steps: run({ kind: 'int', arg: '<n>', min: 1, required: true, help: 'optimiser steps (each = --grad-accum micro-batches)' }),
