@@ -54,9 +54,10 @@ interface DistillFlags {
   resume?: boolean;
   rawWeights?: boolean;
   backend?: string;
+  mpi?: boolean;
 }
 
-const CONFIG_KEYS = new Set(['teacher', 'embeddings', 'out', 'steps', 'checkpointEvery', 'checkpointsTotalLimit', 'validationEvery', 'validationPrompts', 'prefetch', 'resume', 'rawWeights', 'backend', ...Object.keys(OFFICIAL_DEFAULTS)]);
+const CONFIG_KEYS = new Set(['teacher', 'embeddings', 'out', 'steps', 'checkpointEvery', 'checkpointsTotalLimit', 'validationEvery', 'validationPrompts', 'prefetch', 'resume', 'rawWeights', 'backend', 'mpi', ...Object.keys(OFFICIAL_DEFAULTS)]);
 
 async function readConfigFile(path: string): Promise<Partial<DistillFlags & DistillConfig>> {
   let raw: Record<string, unknown>;
@@ -113,6 +114,7 @@ export function register(program: Command): void {
     .option('--prefetch <n>', 'embedding batches read ahead (default 2)', int(1))
     .option('--resume', 'continue from the latest checkpoint in --out')
     .option('--raw-weights', 'export the raw student weights instead of its EMA')
+    .option('--mpi', 'data-parallel over MPI processes even when no launcher is detected (under mpirun / srun it is automatic; see docs/mpi.md)')
     .addOption(backendOption())
     .action(async (flags: DistillFlags) => {
       const fromFile = flags.config ? await readConfigFile(flags.config) : {};
@@ -149,7 +151,8 @@ export function register(program: Command): void {
         prefetch: o.prefetch,
         exportRawWeights: Boolean(o.rawWeights),
         stopRequested: () => stop,
+        mpi: Boolean(o.mpi),
       });
-      process.stdout.write(`${JSON.stringify(result)}\n`);
+      if (result.rank === 0) process.stdout.write(`${JSON.stringify(result)}\n`);
     });
 }

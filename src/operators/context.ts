@@ -34,6 +34,9 @@ export interface StepMetrics {
   lossVsd?: number;
   /** The LoRA teacher's weighted denoising MSE. */
   lossLora?: number;
+  /** Mean losses of the whole window over every MPI process (set by syncProcesses on a window's end). */
+  windowLossVsd?: number;
+  windowLossLora?: number;
   /** Pre-clip gradient norms, on micro-batches that close a window. */
   gradNormStudent?: number;
   gradNormLora?: number;
@@ -66,6 +69,11 @@ export interface StepContext {
    * gradients join the window's when the main thread closes the window).
    */
   onReplica?: number;
+  /**
+   * True on the run's last micro-batch (distill's `stopAfter` said so when the step was computed):
+   * no micro-batch after it is let into the chain.
+   */
+  last?: boolean;
 }
 
 /** Removes a tensor from the context and returns it; the caller now owns it. */

@@ -17,6 +17,7 @@ import { take } from './context.ts';
 import { stepOperator } from './operator.ts';
 import type { DistillState } from './state.ts';
 import { stepOptimizer } from './vsd_update.ts';
+import { agreeOnSkip, microBatchWeight, windowGradients } from '../parallel/gradient_sync.ts';
 
 export function loraGradients(state: DistillState, xt: Tensor4D, timesteps: number[], condition: Tensor3D, target: Tensor4D): { loss: number; grads: NamedGrads } {
   const params = state.lora.store.named();
@@ -48,7 +49,7 @@ function checkNonFinite(state: DistillState, ctx: StepContext): void {
 export function loraUpdate(state: DistillState): OperatorFunction<StepContext, StepContext> {
   const flush = () => {
     if (state.loraGrads.empty) return;
-    stepOptimizer(state.loraGrads.take(), state.config.maxGradNorm, (g) => state.loraOptimizer.apply(g));
+    stepOptimizer(windowGradients(state, 'lora'), state.config.maxGradNorm, (g) => state.loraOptimizer.apply(g), (skip) => agreeOnSkip(state.world, skip));
   };
   return stepOperator((ctx) => {
     const xt = take(ctx, 'loraNoisyX0', 'loraUpdate');
@@ -61,9 +62,9 @@ export function loraUpdate(state: DistillState): OperatorFunction<StepContext, S
       if (condition !== y) toDispose.push(condition);
       const { loss, grads } = loraGradients(state, xt, ctx.loraTimesteps, condition, target);
       ctx.metrics.lossLora = loss;
-      state.loraGrads.addOwned(grads, 1 / state.config.gradAccum);
+      state.loraGrads.addOwned(grads, microBatchWeight(state));
       if (ctx.closesWindow) {
-        const { norm, skipped } = stepOptimizer(state.loraGrads.take(), state.config.maxGradNorm, (g) => state.loraOptimizer.apply(g));
+        const { norm, skipped } = stepOptimizer(windowGradients(state, 'lora'), state.config.maxGradNorm, (g) => state.loraOptimizer.apply(g), (skip) => agreeOnSkip(state.world, skip));
         ctx.metrics.gradNormLora = norm;
         ctx.metrics.skippedLora = skipped;
         state.replicas?.publish(); // both models have stepped: the replicas' next window starts from here

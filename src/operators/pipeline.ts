@@ -33,20 +33,22 @@ export function swiftbrushStep(state: DistillState): OperatorFunction<StepContex
  * Turns embedding batches into step contexts: uploads `promptEmbeds` and numbers the micro-batch.
  * `firstMicroStep` and `firstStep` continue both counts after a resume; windows are counted from
  * there, so a run resumed with another `gradAccum` keeps its optimiser-step numbering.
+ * `microStepStride` N > 1 numbers the batches of one process of an MPI world that takes every N-th
+ * micro-batch of the global stream (firstMicroStep = the global start + its rank): the micro-step
+ * stays the global index, which keys every random draw.
  */
-export function toStepContext(gradAccum: number, firstMicroStep = 0, firstStep = Math.floor(firstMicroStep / gradAccum)): OperatorFunction<EmbeddingBatch, StepContext> {
+export function toStepContext(gradAccum: number, firstMicroStep = 0, firstStep = Math.floor(firstMicroStep / gradAccum), microStepStride = 1): OperatorFunction<EmbeddingBatch, StepContext> {
   return (source) =>
     defer(() => {
-      let microStep = firstMicroStep;
+      let sinceStart = 0;
       return source.pipe(
         map((batch): StepContext => {
-          const m = microStep++;
-          const sinceStart = m - firstMicroStep;
+          const s = sinceStart++;
           return {
-            microStep: m,
-            step: firstStep + Math.floor(sinceStart / gradAccum),
-            windowIndex: sinceStart % gradAccum,
-            closesWindow: sinceStart % gradAccum === gradAccum - 1,
+            microStep: firstMicroStep + s * microStepStride,
+            step: firstStep + Math.floor(s / gradAccum),
+            windowIndex: s % gradAccum,
+            closesWindow: s % gradAccum === gradAccum - 1,
             prompts: batch.prompts,
             position: batch.position,
             tensors: { promptEmbeds: tf.tensor3d(batch.embeds, batch.shape) },
@@ -64,8 +66,16 @@ export interface DistillStreamOptions {
   firstMicroStep?: number;
   /** Optimiser step to start from (resume; default firstMicroStep / gradAccum). */
   firstStep?: number;
+  /** Global micro-steps between two batches of this process (the MPI world's size; default 1). */
+  microStepStride?: number;
   /** Operators after the SwiftBrush step (checkpoint, validation, metrics, progress, your own). */
   operators?: OperatorFunction<StepContext, StepContext>[];
+  /**
+   * Whether this micro-batch is the run's last. Asked once per micro-batch, when it has left the
+   * SwiftBrush step and before `operators` see it; a yes is kept as `ctx.last`, and no micro-batch
+   * after it is let in (none is computed beyond the run's last step).
+   */
+  stopAfter?: (ctx: StepContext) => boolean;
   scheduler?: SchedulerLike;
 }
 
@@ -133,13 +143,16 @@ export function distill(state: DistillState, options: DistillStreamOptions): Obs
     };
     return options.batches(demand).pipe(
       oneAtATime(left, () => demand.next()),
-      toStepContext(state.config.gradAccum, options.firstMicroStep ?? 0, options.firstStep),
+      toStepContext(state.config.gradAccum, options.firstMicroStep ?? 0, options.firstStep, options.microStepStride),
       map(tracked),
       swiftbrushStep(state),
+      tap((ctx) => {
+        if (options.stopAfter?.(ctx)) ctx.last = true;
+      }),
       (source) => extra.reduce((acc, op) => op(acc), source),
-      tap(() => {
+      tap((ctx) => {
         inFlight = null;
-        left.next();
+        if (!ctx.last) left.next();
       }),
       finalize(() => {
         if (inFlight) disposeContext(inFlight);

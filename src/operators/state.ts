@@ -16,6 +16,7 @@ import { Adam, EmaWeights, GradAccumulator } from '../models/optim.ts';
 import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { StepRng } from '../util/rng.ts';
 import type { ReplicaPool } from '../parallel/replica_pool.ts';
+import type { World } from '../parallel/mpi.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 
 /** Hyper-parameters; defaults are the official SwiftBrush script's (SD 2.1-base). */
@@ -131,6 +132,8 @@ export interface DistillState {
   readonly nullEmbeds: Tensor3D;
   /** Data-parallel replica threads (set by runDistillation when config.replicas > 1). */
   replicas?: ReplicaPool;
+  /** The MPI world of a multi-process run (set by runDistillation under mpirun / srun / --mpi). */
+  world?: World;
   /** Counters that survive a resume. */
   readonly counters: { nonFiniteInARow: number; skippedSteps: number };
 }

@@ -6,7 +6,8 @@
  * with sdsWeight λ > 0, ε_lora is replaced by (1 − λ)·ε_lora + λ·ε: λ = 1 is SDS.)
  * The student's gradient is that of Σ f_θ(z, y) · sg(g) / numel, taken under a fresh tape by
  * recomputing f_θ(z, y) (tfjs' tape is closure-scoped and cannot reach back into studentForward).
- * Gradients are summed over the accumulation window (each ×1/k); on the window's last micro-batch
+ * Gradients are summed over the accumulation window (each ×1/k; ×1/(k·N) over N MPI processes, whose
+ * sums are all-reduced: src/parallel/gradient_sync.ts); on the window's last micro-batch
  * they are clipped (maxGradNorm) and Adam steps — BEFORE the LoRA teacher's step, as officially.
  * A non-finite gradient skips the step (counted; too many in a row stops the run).
  *
@@ -22,6 +23,7 @@ import { need, take } from './context.ts';
 import { stepOperator } from './operator.ts';
 import { updatesStudent, type DistillConfig, type DistillState } from './state.ts';
 import { studentX0 } from './student_forward.ts';
+import { agreeOnSkip, microBatchWeight, windowGradients } from '../parallel/gradient_sync.ts';
 
 const FLOAT32_MAX = 3.4028234663852886e38;
 
@@ -59,11 +61,14 @@ export function studentGradients(state: DistillState, z: Tensor4D, y: Tensor, g:
   return new Map([...params].map(([name, v]) => [name, grads[v.name]!]));
 }
 
-/** Clips and applies a window's summed gradients unless they are non-finite; returns the pre-clip norm. */
-export function stepOptimizer(grads: NamedGrads, maxGradNorm: number, apply: (g: NamedGrads) => void): { norm: number; skipped: boolean } {
+/**
+ * Clips and applies a window's summed gradients unless they are non-finite; returns the pre-clip
+ * norm. `agree` turns this process's decision to skip into the run's (every MPI process the same).
+ */
+export function stepOptimizer(grads: NamedGrads, maxGradNorm: number, apply: (g: NamedGrads) => void, agree: (skip: boolean) => boolean = (skip) => skip): { norm: number; skipped: boolean } {
   const clipped = clipGradNorm(grads, maxGradNorm);
   try {
-    const skipped = !Number.isFinite(clipped.norm);
+    const skipped = agree(!Number.isFinite(clipped.norm));
     if (!skipped) apply(clipped.grads);
     return { norm: clipped.norm, skipped };
   } finally {
@@ -94,7 +99,7 @@ export function vsdUpdate(state: DistillState): OperatorFunction<StepContext, St
   const flush = () => {
     state.replicas?.collectInto(state);
     if (state.studentGrads.empty) return;
-    stepOptimizer(state.studentGrads.take(), state.config.maxGradNorm, (g) => applyStudent(state, g));
+    stepOptimizer(windowGradients(state, 'student'), state.config.maxGradNorm, (g) => applyStudent(state, g), (skip) => agreeOnSkip(state.world, skip));
   };
   return stepOperator((ctx) => {
     if (!updatesStudent(state.config, ctx.step)) {
@@ -116,9 +121,9 @@ export function vsdUpdate(state: DistillState): OperatorFunction<StepContext, St
       // The window's other micro-batches, computed meanwhile on replica threads, are added first:
       // the sum then runs in micro-batch order, exactly as in a sequential run.
       if (ctx.closesWindow) state.replicas?.collectInto(state);
-      state.studentGrads.addOwned(grads, 1 / state.config.gradAccum);
+      state.studentGrads.addOwned(grads, microBatchWeight(state));
       if (ctx.closesWindow) {
-        const { norm, skipped } = stepOptimizer(state.studentGrads.take(), state.config.maxGradNorm, (gr) => applyStudent(state, gr));
+        const { norm, skipped } = stepOptimizer(windowGradients(state, 'student'), state.config.maxGradNorm, (gr) => applyStudent(state, gr), (skip) => agreeOnSkip(state.world, skip));
         ctx.metrics.gradNormStudent = norm;
         ctx.metrics.skippedStudent = skipped;
       }
