@@ -8,7 +8,7 @@ import { initBackend } from '../backend.ts';
 import { FIXTURE_SCHEDULER, FIXTURE_UNET, runBench, type BenchOptions } from '../operators/bench.ts';
 import { backendOption, int } from './options.ts';
 
-type BenchFlags = Omit<BenchOptions, 'onProgress' | 'config'> & { embeddings: string; backend?: string; json?: boolean };
+type BenchFlags = Omit<BenchOptions, 'onProgress' | 'config'> & { embeddings: string; backend?: string; json?: boolean; mpi?: boolean; gradAccum: number };
 
 export function register(program: Command): void {
   program
@@ -23,10 +23,30 @@ export function register(program: Command): void {
     .option('--unet-reps <n>', 'timed UNet forward / forward+backward repetitions', int(1), 10)
     .option('--embeddings <file>', 'Parquet file whose "" row is the null prompt', 'data/embeddings.parquet')
     .option('--replicas <n>', 'also time the step split over n data-parallel threads (n micro-batches of B/n, --replicas n --grad-accum n); 1 = skip', int(1), 1)
+    .option('--mpi', 'under mpirun -np N: time the distillation step over N processes instead (step time, all-reduce share, bytes per step; docs/mpi.md)')
+    .option('--grad-accum <k>', 'with --mpi: micro-batches per process per optimiser step', int(1), 1)
     .addOption(backendOption())
     .option('--json', 'print one JSON object')
     .action(async (opts: BenchFlags) => {
       const choice = await initBackend(opts.backend);
+      if (opts.mpi) {
+        const { runMpiBench } = await import('../parallel/bench_mpi.ts'); // loads MPI only when asked
+        const r = await runMpiBench({ unet: opts.unet, scheduler: opts.scheduler ?? FIXTURE_SCHEDULER, embeddings: opts.embeddings, batchSize: opts.batchSize, gradAccum: opts.gradAccum, steps: opts.steps, warmup: opts.warmup });
+        const { openWorld } = await import('../parallel/mpi.ts');
+        if (openWorld().rank !== 0) return;
+        if (opts.json) process.stdout.write(JSON.stringify(r) + '\n');
+        else {
+          const mb = (b: number) => (b / 2 ** 20).toFixed(1);
+          process.stdout.write(
+            [
+              `${r.processes} processes (${r.library}), backend ${r.backend}, ${r.unet}, ${r.params} params, global batch ${r.global_batch} (${r.batch_size} x ${r.grad_accum} x ${r.processes}), ${r.steps} steps`,
+              `step ${r.step_s.toFixed(3)} s   all-reduce ${r.allreduce_s.toFixed(3)} s (${(100 * r.allreduce_share).toFixed(1)}% of the step)`,
+              `per process per step: ${mb(r.bytes_per_step)} MiB handed to MPI, ring all-reduce sends ${mb(r.ring_bytes_sent_per_step)} MiB (${mb(r.ring_bandwidth_bytes_per_s)} MiB/s effective)`,
+            ].join('\n') + '\n',
+          );
+        }
+        return;
+      }
       const result = await runBench({
         unet: opts.unet,
         scheduler: opts.scheduler,
