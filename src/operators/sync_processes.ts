@@ -11,9 +11,11 @@
  * The agreement happens once per window, the first time `stopAgreed(ctx)` is asked for the
  * window's last micro-batch (the stream's `stopAfter`) or, if nobody asked (the run's last step),
  * when that micro-batch reaches the operator. Every process asks at the same point, so the
- * collectives match. The operator must run on every process, before the checkpoint. Holds no tensors.
+ * collectives match. The operator must run on every process, before the checkpoint; it passes each
+ * window's last micro-batch on after one turn of the event loop (so that signals are handled). Holds
+ * no tensors.
  */
-import type { OperatorFunction } from 'rxjs';
+import { concatMap, from, of, pipe, type OperatorFunction } from 'rxjs';
 import type { StepContext } from './context.ts';
 import { stepOperator } from './operator.ts';
 import type { DistillState } from './state.ts';
@@ -72,9 +74,14 @@ export function syncProcesses(state: DistillState, world: World, options: SyncPr
     if (options.checksumEvery > 0 && ctx.step % options.checksumEvery === 0) checkWeights(ctx.step);
     return stop;
   };
-  const operator = stepOperator((ctx) => {
-    if (ctx.closesWindow) stopAgreed(ctx);
-    else addLosses(ctx);
-  });
+  const operator = pipe(
+    stepOperator((ctx) => {
+      if (ctx.closesWindow) stopAgreed(ctx);
+      else addLosses(ctx);
+    }),
+    // A process that writes nothing can run window after window on promise callbacks alone, and a
+    // signal is only handled when the event loop polls: let it poll once per window.
+    concatMap((ctx: StepContext) => (ctx.closesWindow ? from(new Promise<StepContext>((resolve) => setImmediate(() => resolve(ctx)))) : of(ctx))),
+  );
   return { operator, stopAgreed };
 }
