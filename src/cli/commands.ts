@@ -12,5 +12,6 @@ import { register as unetForward } from './unet_forward.ts';
 import { register as sample } from './sample.ts';
 import { register as evaluate } from './eval.ts';
 import { register as bench } from './bench.ts';
+import { register as step } from './step.ts';
 
-export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy, trainTeacher, distill, defaultRun, unetForward, sample, evaluate, bench];
+export const COMMANDS: ((program: Command) => void)[] = [backend, trainClassifier, embed, inspect, importNpy, trainTeacher, distill, defaultRun, unetForward, step, sample, evaluate, bench];

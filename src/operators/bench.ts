@@ -23,7 +23,7 @@ import { tf } from '../tf.ts';
 import type { Tensor3D, Tensor4D } from '../tf.ts';
 import type { EmbeddingBatch } from '../streams/reader.ts';
 import { readNullEmbedding } from '../streams/reader.ts';
-import { STREAMS, mulberry32 } from '../util/rng.ts';
+import { mulberry32 } from '../util/rng.ts';
 import type { StepContext } from './context.ts';
 import { distill, toStepContext } from './pipeline.ts';
 import { createDistillState, disposeDistillState, OFFICIAL_DEFAULTS, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
@@ -202,10 +202,10 @@ function timedOperator(name: string, op: OperatorFunction<StepContext, StepConte
 export function fusedStep(state: DistillState, microStep: number, batch: EmbeddingBatch): void {
   const c = state.config;
   const y = tf.tensor3d(batch.embeds, batch.shape);
-  const z = state.rng.normal(microStep, STREAMS.latent, [y.shape[0], ...latentShape(state)]) as Tensor4D;
+  const z = state.draws.latents(microStep, [y.shape[0], ...latentShape(state)]);
   const x0 = studentX0(state, z, y);
-  const timesteps = state.rng.ints(microStep, STREAMS.timestep, y.shape[0], c.tMin, c.tMax);
-  const noise = state.rng.normal(microStep, STREAMS.noise, x0.shape) as Tensor4D;
+  const timesteps = state.draws.timesteps(microStep, y.shape[0], c.tMin, c.tMax);
+  const noise = state.draws.noise(microStep, x0.shape);
   const xt = state.schedule.addNoise(x0, noise, timesteps) as Tensor4D;
   const epsTeacher = guidedEpsilon(state, false, xt, timesteps, y, c.guidanceScale);
   const epsLora = guidedEpsilon(state, true, xt, timesteps, y, c.guidanceScale);
@@ -215,9 +215,9 @@ export function fusedStep(state: DistillState, microStep: number, batch: Embeddi
   const grads = studentGradients(state, z, y, g);
   tf.dispose([epsTeacher, epsLora, z, noise, g]);
   stepOptimizer(grads, c.maxGradNorm, (gr) => state.studentOptimizer.apply(gr));
-  const tp = state.rng.ints(microStep, STREAMS.loraTimestep, y.shape[0], 0, state.schedule.numTrainTimesteps - 1);
-  const noiseP = state.rng.normal(microStep, STREAMS.loraNoise, x0.shape) as Tensor4D;
-  const useNull = state.rng.uniform(microStep, STREAMS.dropout)() < c.loraNullPromptProb;
+  const tp = state.draws.loraTimesteps(microStep, y.shape[0], 0, state.schedule.numTrainTimesteps - 1);
+  const noiseP = state.draws.loraNoise(microStep, x0.shape);
+  const useNull = state.draws.loraUsesNullPrompt(microStep, c.loraNullPromptProb);
   const xtp = state.schedule.addNoise(x0, noiseP, tp) as Tensor4D;
   const target = state.schedule.predictionType === 'v_prediction' ? (state.schedule.velocity(x0, noiseP, tp) as Tensor4D) : noiseP;
   if (target !== noiseP) noiseP.dispose();

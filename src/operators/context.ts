@@ -76,6 +76,16 @@ export interface StepContext {
   last?: boolean;
 }
 
+/**
+ * A fresh context for one micro-batch: it owns `promptEmbeds` from here on. `closesWindow` says
+ * whether the optimisers step after it; a context whose window does not close leaves its gradients
+ * in the state's accumulators (a replica's share, or `swiftbrush step` reading them).
+ */
+export function createStepContext(init: Pick<StepContext, 'microStep' | 'step' | 'windowIndex' | 'closesWindow' | 'prompts' | 'position'> & { promptEmbeds: Tensor3D }): StepContext {
+  const { promptEmbeds, ...counters } = init;
+  return { ...counters, tensors: { promptEmbeds }, metrics: {} };
+}
+
 /** Removes a tensor from the context and returns it; the caller now owns it. */
 export function take<K extends keyof StepTensors>(ctx: StepContext, key: K, operator: string): NonNullable<StepTensors[K]> {
   const t = ctx.tensors[key];

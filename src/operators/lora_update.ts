@@ -25,6 +25,7 @@ export function loraGradients(state: DistillState, xt: Tensor4D, timesteps: numb
     const official = state.config.loraLossWeighting === 'official';
     const weight = tf.tensor4d(timesteps.map((t) => (official ? Math.sqrt(state.schedule.alphaBar(t)) : 1)), [timesteps.length, 1, 1, 1]);
     const pred = state.lora.with(true, () => state.teacher.forward(xt, timesteps, condition));
+    state.observe?.('loraPrediction', pred);
     return tf.losses.meanSquaredError(tf.mul(target, weight), tf.mul(pred, weight)) as tf.Scalar;
   }, [...params.values()]);
   const loss = value.dataSync()[0]!;

@@ -5,7 +5,6 @@
  */
 import type { OperatorFunction } from 'rxjs';
 import type { Tensor4D } from '../tf.ts';
-import { STREAMS } from '../util/rng.ts';
 import type { StepContext } from './context.ts';
 import { need } from './context.ts';
 import { stepOperator } from './operator.ts';
@@ -17,10 +16,11 @@ export function noiseAtT(state: DistillState): OperatorFunction<StepContext, Ste
     if (!updatesStudent(state.config, ctx.step)) return; // LoRA-only step: no score gradient to form
     const x0 = need(ctx, 'x0', 'noiseAtT');
     const batch = x0.shape[0];
-    const timesteps = state.rng.ints(ctx.microStep, STREAMS.timestep, batch, tMin, tMax);
-    const noise = state.rng.normal(ctx.microStep, STREAMS.noise, x0.shape) as Tensor4D;
+    const timesteps = state.draws.timesteps(ctx.microStep, batch, tMin, tMax);
+    const noise = state.draws.noise(ctx.microStep, x0.shape);
     ctx.timesteps = timesteps;
     ctx.tensors.noise = noise;
     ctx.tensors.noisyX0 = state.schedule.addNoise(x0, noise, timesteps) as Tensor4D;
+    state.observe?.('noisyX0', ctx.tensors.noisyX0);
   });
 }

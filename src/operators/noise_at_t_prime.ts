@@ -9,7 +9,6 @@
 import type { OperatorFunction } from 'rxjs';
 import { tf } from '../tf.ts';
 import type { Tensor4D } from '../tf.ts';
-import { STREAMS } from '../util/rng.ts';
 import type { StepContext } from './context.ts';
 import { take } from './context.ts';
 import { stepOperator } from './operator.ts';
@@ -20,11 +19,12 @@ export function noiseAtTPrime(state: DistillState): OperatorFunction<StepContext
     const x0 = take(ctx, 'x0', 'noiseAtTPrime');
     try {
       const batch = x0.shape[0];
-      const timesteps = state.rng.ints(ctx.microStep, STREAMS.loraTimestep, batch, 0, state.schedule.numTrainTimesteps - 1);
-      const noise = state.rng.normal(ctx.microStep, STREAMS.loraNoise, x0.shape) as Tensor4D;
+      const timesteps = state.draws.loraTimesteps(ctx.microStep, batch, 0, state.schedule.numTrainTimesteps - 1);
+      const noise = state.draws.loraNoise(ctx.microStep, x0.shape);
       ctx.loraTimesteps = timesteps;
-      ctx.loraUsesNullPrompt = state.rng.uniform(ctx.microStep, STREAMS.dropout)() < state.config.loraNullPromptProb;
+      ctx.loraUsesNullPrompt = state.draws.loraUsesNullPrompt(ctx.microStep, state.config.loraNullPromptProb);
       ctx.tensors.loraNoisyX0 = state.schedule.addNoise(x0, noise, timesteps) as Tensor4D;
+      state.observe?.('loraNoisyX0', ctx.tensors.loraNoisyX0);
       if (state.schedule.predictionType === 'v_prediction') {
         ctx.tensors.loraTarget = state.schedule.velocity(x0, noise, timesteps) as Tensor4D;
         noise.dispose();

@@ -10,7 +10,7 @@
 import { Observable, Subject, defer, finalize, map, pipe, tap, type OperatorFunction, type SchedulerLike } from 'rxjs';
 import { tf } from '../tf.ts';
 import type { EmbeddingBatch } from '../streams/reader.ts';
-import { type StepContext, disposeContext } from './context.ts';
+import { type StepContext, createStepContext, disposeContext } from './context.ts';
 import type { DistillState } from './state.ts';
 import { studentForward } from './student_forward.ts';
 import { noiseAtT } from './noise_at_t.ts';
@@ -44,16 +44,15 @@ export function toStepContext(gradAccum: number, firstMicroStep = 0, firstStep =
       return source.pipe(
         map((batch): StepContext => {
           const s = sinceStart++;
-          return {
+          return createStepContext({
             microStep: firstMicroStep + s * microStepStride,
             step: firstStep + Math.floor(s / gradAccum),
             windowIndex: s % gradAccum,
             closesWindow: s % gradAccum === gradAccum - 1,
             prompts: batch.prompts,
             position: batch.position,
-            tensors: { promptEmbeds: tf.tensor3d(batch.embeds, batch.shape) },
-            metrics: {},
-          };
+            promptEmbeds: tf.tensor3d(batch.embeds, batch.shape),
+          });
         }),
       );
     });

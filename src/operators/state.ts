@@ -2,7 +2,7 @@
  * Everything the distillation operators share, passed to each explicitly (no module state):
  * the teacher UNet with its LoRA adapter (one model: LoRA off = frozen teacher, on = LoRA teacher),
  * the student (a trainable copy of the teacher), the schedule, both optimisers, their gradient
- * accumulators, the student's EMA, the seeded RNG and the null-prompt embedding.
+ * accumulators, the student's EMA, the source of random draws and the null-prompt embedding.
  */
 import { existsSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
@@ -14,7 +14,8 @@ import { LoraAdapter } from '../models/lora.ts';
 import { NoiseSchedule } from '../models/schedule.ts';
 import { Adam, EmaWeights, GradAccumulator } from '../models/optim.ts';
 import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
-import { StepRng } from '../util/rng.ts';
+import { SeededDraws, type Draws } from '../swiftbrush/draws.ts';
+import type { StepObserver } from '../swiftbrush/observer.ts';
 import type { ReplicaPool } from '../parallel/replica_pool.ts';
 import type { World } from '../parallel/mpi.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
@@ -127,7 +128,10 @@ export interface DistillState {
   readonly studentGrads: GradAccumulator;
   readonly loraGrads: GradAccumulator;
   readonly ema: EmaWeights | null;
-  readonly rng: StepRng;
+  /** Every random draw of a micro-step (seeded by config.seed unless given, see draws.ts). */
+  readonly draws: Draws;
+  /** Sees each micro-step's intermediate tensors as they are computed (none by default). */
+  readonly observe?: StepObserver;
   /** y0: the null prompt's embedding [1, L, D]. */
   readonly nullEmbeds: Tensor3D;
   /** Data-parallel replica threads (set by runDistillation when config.replicas > 1). */
@@ -146,8 +150,13 @@ export async function resolveTeacherDirs(dir: string): Promise<{ unet: string; s
   throw new Error(`${dir}: no diffusers UNet here (expected unet/config.json or config.json)`);
 }
 
-export async function createDistillState(options: { teacherDir: string; nullEmbeds: Float32Array; embedShape: [number, number]; config: DistillConfig }): Promise<DistillState> {
-  const { config } = options;
+/**
+ * Loads the teacher twice (frozen + LoRA, and the trainable student) and builds the optimisers.
+ * `draws` defaults to the run's seeded draws; draws that bring a guidance scale replace the config's.
+ */
+export async function createDistillState(options: { teacherDir: string; nullEmbeds: Float32Array; embedShape: [number, number]; config: DistillConfig; draws?: Draws; observe?: StepObserver }): Promise<DistillState> {
+  const draws: Draws = options.draws ?? new SeededDraws(options.config.seed);
+  const config = draws.guidanceScale === undefined ? options.config : { ...options.config, guidanceScale: draws.guidanceScale };
   const dirs = await resolveTeacherDirs(options.teacherDir);
   const schedule = await NoiseSchedule.load(dirs.scheduler);
   const teacher = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: false });
@@ -166,7 +175,8 @@ export async function createDistillState(options: { teacherDir: string; nullEmbe
     studentGrads: new GradAccumulator(),
     loraGrads: new GradAccumulator(),
     ema: config.emaDecay > 0 ? new EmaWeights(studentParams, config.emaDecay) : null,
-    rng: new StepRng(config.seed),
+    draws,
+    ...(options.observe ? { observe: options.observe } : {}),
     nullEmbeds: tf.tensor3d(options.nullEmbeds, [1, ...options.embedShape]),
     counters: { nonFiniteInARow: 0, skippedSteps: 0 },
   };

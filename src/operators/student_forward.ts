@@ -1,7 +1,7 @@
 /**
  * studentForward: x̂0 = f_θ(z, y), the one-step generator.
  *
- * Reads `promptEmbeds` (kept). Adds `latents` z ~ N(0, I) (seeded by microStep; only on steps that
+ * Reads `promptEmbeds` (kept). Adds `latents` z ~ N(0, I) (from `state.draws`; only on steps that
  * update the student, see `studentUpdateEvery`) and `x0`, computed
  * WITHOUT a gradient tape: tfjs' tape cannot span operators, so vsdUpdate recomputes f_θ(z, y)
  * under its own tape once the score gradient is known (see README, "How the student's gradient
@@ -10,7 +10,6 @@
 import type { OperatorFunction } from 'rxjs';
 import { tf } from '../tf.ts';
 import type { Tensor3D, Tensor4D } from '../tf.ts';
-import { STREAMS } from '../util/rng.ts';
 import type { StepContext } from './context.ts';
 import { need, take } from './context.ts';
 import { stepOperator } from './operator.ts';
@@ -34,9 +33,10 @@ export function latentShape(state: DistillState): [number, number, number] {
 export function studentForward(state: DistillState): OperatorFunction<StepContext, StepContext> {
   return stepOperator((ctx) => {
     const y = need(ctx, 'promptEmbeds', 'studentForward');
-    const z = state.rng.normal(ctx.microStep, STREAMS.latent, [y.shape[0], ...latentShape(state)]) as Tensor4D;
+    const z = state.draws.latents(ctx.microStep, [y.shape[0], ...latentShape(state)]);
     ctx.tensors.latents = z; // owned by the context at once, so a failing forward frees it too
     ctx.tensors.x0 = studentX0(state, z, y);
+    state.observe?.('x0', ctx.tensors.x0);
     if (!updatesStudent(state.config, ctx.step)) take(ctx, 'latents', 'studentForward').dispose(); // LoRA-only step: no recomputed f_θ(z, y)
   });
 }

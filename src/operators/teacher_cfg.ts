@@ -41,6 +41,8 @@ export function teacherCFG(state: DistillState): OperatorFunction<StepContext, S
       const w = state.config.guidanceScale;
       ctx.tensors.epsTeacher = guidedEpsilon(state, false, xt, t, y, w);
       ctx.tensors.epsLora = guidedEpsilon(state, true, xt, t, y, w);
+      state.observe?.('epsTeacher', ctx.tensors.epsTeacher);
+      state.observe?.('epsLora', ctx.tensors.epsLora);
     } finally {
       xt.dispose();
     }

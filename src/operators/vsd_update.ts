@@ -116,6 +116,7 @@ export function vsdUpdate(state: DistillState): OperatorFunction<StepContext, St
       if (!ctx.timesteps) throw new Error('vsdUpdate: ctx.timesteps is missing (noiseAtT must run first)');
       const g = scoreGradient(state, epsTeacher, epsLora, ctx.timesteps, noise);
       toDispose.push(g);
+      state.observe?.('scoreGradient', g);
       ctx.metrics.lossVsd = tf.tidy(() => tf.mul(tf.mean(tf.square(g)), 0.5).dataSync()[0]!);
       const grads = studentGradients(state, z, y, g);
       // The window's other micro-batches, computed meanwhile on replica threads, are added first:

@@ -10,7 +10,6 @@ import type { Tensor, Tensor3D, Tensor4D, Variable } from '../../src/tf.ts';
 import { swiftbrushStep, toStepContext } from '../../src/operators/pipeline.ts';
 import { disposeDistillState, type DistillState } from '../../src/operators/state.ts';
 import { latentShape } from '../../src/operators/student_forward.ts';
-import { STREAMS } from '../../src/util/rng.ts';
 import { clipGradNorm } from '../../src/models/optim.ts';
 import { fakeBatch, makeState, makeTinyTeacher, maxAbsDiff, testConfig } from './helpers.ts';
 
@@ -37,9 +36,9 @@ function handWrittenRun(s: DistillState, batches: ReturnType<typeof fakeBatch>[]
     tf.tidy(() => {
       const y = tf.tensor3d(batch.embeds, batch.shape);
       const b = batch.shape[0];
-      const z = s.rng.normal(m, STREAMS.latent, [b, ...latentShape(s)]) as Tensor4D;
-      const t = s.rng.ints(m, STREAMS.timestep, b, c.tMin, c.tMax);
-      const eps = s.rng.normal(m, STREAMS.noise, z.shape) as Tensor4D;
+      const z = s.draws.latents(m, [b, ...latentShape(s)]);
+      const t = s.draws.timesteps(m, b, c.tMin, c.tMax);
+      const eps = s.draws.noise(m, z.shape);
       let x0Detached: Tensor4D | undefined;
       // Student: one tape over the whole VSD loss, as in the official script.
       const { grads } = tf.variableGrads(() => {
@@ -74,9 +73,9 @@ function handWrittenRun(s: DistillState, batches: ReturnType<typeof fakeBatch>[]
       accumulate(acc.student, studentVars, grads);
       if (m % k === k - 1) stepAdam(s, 'student', acc.student);
       // LoRA teacher on the detached student output.
-      const t2 = s.rng.ints(m, STREAMS.loraTimestep, b, 0, T - 1);
-      const eps2 = s.rng.normal(m, STREAMS.loraNoise, z.shape) as Tensor4D;
-      const useNull = s.rng.uniform(m, STREAMS.dropout)() < c.loraNullPromptProb;
+      const t2 = s.draws.loraTimesteps(m, b, 0, T - 1);
+      const eps2 = s.draws.loraNoise(m, z.shape);
+      const useNull = s.draws.loraUsesNullPrompt(m, c.loraNullPromptProb);
       const xt2 = s.schedule.addNoise(x0Detached!, eps2, t2) as Tensor4D;
       const cond = useNull ? (tf.tile(s.nullEmbeds, [b, 1, 1]) as Tensor3D) : y;
       const { grads: lg } = tf.variableGrads(() => {
