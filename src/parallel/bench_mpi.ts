@@ -90,6 +90,7 @@ export async function runMpiBench(o: MpiBenchOptions): Promise<MpiBenchResult> {
       last = { t: performance.now(), mpi: world.stats.seconds, bytes: world.stats.bytes };
       const steps$ = distill(state, {
         firstMicroStep: world.rank,
+        firstStep: 0,
         microStepStride: world.size,
         stopAfter: (ctx) => ctx.closesWindow && ctx.step >= total,
         operators: [
