@@ -1,5 +1,5 @@
 /**
- * Side-by-side A/B of one SwiftBrush step (the fused loop of src/operators/bench.ts) between this
+ * Side-by-side A/B of one SwiftBrush step (the fused loop of bench/step.ts) between this
  * tree and another checkout of the project (e.g. `git worktree add /tmp/base <commit>`), in ONE
  * process (one worker thread per tree, stepped in turn), alternating A B A B ... so that machine load hits both alike. Both trees share tfjs
  * (same node_modules) and the backend. Prints medians and the ratio.
@@ -11,19 +11,23 @@ import { pathToFileURL } from 'node:url';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { mkdtemp, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
+import { FIXTURE_SCHEDULER, FIXTURE_UNET, flags, int, median } from './common.ts';
 
-const arg = (name: string, fallback: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1]! : fallback;
-};
-const base = resolve(arg('base', '/tmp/base'));
+const o = flags<{ base: string; unet: string; batch: number; steps: number; warmup: number; backend: string }>('ab_step', 'fused step of this tree vs another checkout, alternating', (p) =>
+  p
+    .option('--base <dir>', 'the other checkout', '/tmp/base')
+    .option('--unet <dir>', 'UNet folder', FIXTURE_UNET)
+    .option('--batch <n>', 'prompts per step', int(1), 8)
+    .option('--steps <n>', 'timed steps per tree', int(1), 20)
+    .option('--warmup <n>', 'untimed steps per tree first', int(0), 2)
+    .option('--backend <name>', 'tfjs backend', 'wasm'),
+);
+const base = resolve(o.base);
 const here = resolve(import.meta.dirname, '..');
-const unet = resolve(arg('unet', resolve(here, '../test/fixtures/diffusers-tiny-unet')));
-const scheduler = resolve(here, '../test/fixtures/diffusers-scheduler');
-const batch = Number(arg('batch', '8'));
-const steps = Number(arg('steps', '20'));
-const warmup = Number(arg('warmup', '2'));
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+const unet = resolve(o.unet);
+const scheduler = FIXTURE_SCHEDULER;
+const { batch, steps, warmup } = o;
 
 /** Each tree runs in its own worker thread (its own tfjs engine); the main thread alternates them. */
 function load(root: string): Promise<() => Promise<number>> {
@@ -43,9 +47,10 @@ function load(root: string): Promise<() => Promise<number>> {
 async function workerMain(root: string) {
   const mod = (p: string) => import(pathToFileURL(resolve(root, p)).href);
   const backend = await mod('src/backend.ts');
-  await backend.initBackend(arg('backend', 'wasm'));
+  await backend.initBackend(o.backend);
   const state = await mod('src/operators/state.ts');
-  const bench = await mod('src/operators/bench.ts');
+  // The fused step lives in bench/step.ts (src/operators/bench.ts in older checkouts).
+  const bench = await mod(existsSync(resolve(root, 'bench/step.ts')) ? 'bench/step.ts' : 'src/operators/bench.ts');
   const dir = await mkdtemp(resolve(tmpdir(), 'sb-ab-'));
   await symlink(unet, resolve(dir, 'unet'));
   await symlink(scheduler, resolve(dir, 'scheduler'));

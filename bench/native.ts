@@ -13,28 +13,30 @@
  *
  * --grads per config: auto (src/backend.ts' per-backend choice), project (the rewrites), stock.
  */
-import { join } from 'node:path';
 import { availableParallelism, loadavg } from 'node:os';
 import { tf } from '../src/tf.ts';
 import type { Tensor3D, Tensor4D } from '../src/tf.ts';
 import { initBackend, setGradientMode, type GradientMode } from '../src/backend.ts';
 import { UNet2DConditionModel } from '../src/models/unet_2d_condition.ts';
+import { FIXTURE_UNET, flags, int, median } from './common.ts';
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1]! : fallback;
-}
-const configs = arg('configs', 'wasm:auto,tensorflow:auto,tensorflow:project').split(',').map((c) => {
+const o = flags<{ configs: string; batch: number; tokens: number; reps: number; warmup: number; unet: string; json?: boolean }>('native', 'UNet forward and forward+backward per backend and gradient choice, interleaved', (p) =>
+  p
+    .option('--configs <list>', 'backend:grads,… (grads: auto, project, stock)', 'wasm:auto,tensorflow:auto,tensorflow:project')
+    .option('--batch <n>', 'batch size', int(1), 8)
+    .option('--tokens <n>', 'context tokens', int(1), 16)
+    .option('--reps <n>', 'timed runs per configuration', int(1), 7)
+    .option('--warmup <n>', 'untimed runs first', int(0), 2)
+    .option('--unet <dir>', 'UNet folder', FIXTURE_UNET)
+    .option('--json', 'print one JSON object'),
+);
+const configs = o.configs.split(',').map((c) => {
   const [backend, grads = 'auto'] = c.split(':');
   return { backend: backend!, grads: grads as GradientMode };
 });
-const batch = Number(arg('batch', '8'));
-const tokens = Number(arg('tokens', '16'));
-const reps = Number(arg('reps', '7'));
-const warmup = Number(arg('warmup', '2'));
-const dir = arg('unet', join(import.meta.dirname, '../test/fixtures/diffusers-tiny-unet'));
+const { batch, tokens, reps, warmup } = o;
+const dir = o.unet;
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 const providers = new Map<string, string>();
 for (const b of new Set(configs.map((c) => c.backend))) {
@@ -102,7 +104,7 @@ const results = configs.map((cfg, i) => {
   };
 });
 const meta = { batch, tokens, reps, warmup, cores: availableParallelism(), loadavg_1m_end: +loadavg()[0]!.toFixed(2), tf_num_intraop_threads: process.env.TF_NUM_INTRAOP_THREADS ?? 'default' };
-if (process.argv.includes('--json')) {
+if (o.json) {
   process.stdout.write(JSON.stringify({ ...meta, results }) + '\n');
 } else {
   process.stdout.write(`fixture UNet, batch ${batch}, ${tokens} context tokens; median of ${reps} after ${warmup} warm-up, interleaved; load average ${meta.loadavg_1m_end} on ${meta.cores} cores\n`);

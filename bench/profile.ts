@@ -9,17 +9,21 @@ import type { Tensor3D, Tensor4D } from '../src/tf.ts';
 import { initBackend } from '../src/backend.ts';
 import { UNet2DConditionModel } from '../src/models/unet_2d_condition.ts';
 import { TEACHER_UNET_CONFIG } from '../src/mnist/teacher.ts';
+import { FIXTURE_UNET, flags, int } from './common.ts';
 
-const arg = (name: string, fallback: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1]! : fallback;
-};
-await initBackend(arg('backend', 'wasm'));
-const batch = Number(arg('batch', '8'));
-const top = Number(arg('top', '25'));
-const unet = process.argv.includes('--teacher-config')
+const o = flags<{ unet: string; teacherConfig?: boolean; batch: number; backend: string; top: number }>('profile', 'kernel profile of one UNet forward and forward+backward', (p) =>
+  p
+    .option('--unet <dir>', 'UNet folder', FIXTURE_UNET)
+    .option('--teacher-config', "the default teacher's UNet config (random weights) instead of --unet")
+    .option('--batch <n>', 'batch size', int(1), 8)
+    .option('--backend <name>', 'tfjs backend', 'wasm')
+    .option('--top <n>', 'entries listed', int(1), 25),
+);
+await initBackend(o.backend);
+const { batch, top } = o;
+const unet = o.teacherConfig
   ? UNet2DConditionModel.fromConfig(TEACHER_UNET_CONFIG, { seed: 1 })
-  : await UNet2DConditionModel.fromPretrained(arg('unet', new URL('../test/fixtures/diffusers-tiny-unet', import.meta.url).pathname), { trainable: true });
+  : await UNet2DConditionModel.fromPretrained(o.unet, { trainable: true });
 const c = unet.config;
 const D = Array.isArray(c.cross_attention_dim) ? c.cross_attention_dim[0]! : c.cross_attention_dim;
 const size = c.sample_size as number;

@@ -80,7 +80,7 @@ export function requestedBackend(option?: string): BackendName {
  * transposes instead of transpose flags) exist because wasm lacks, or runs slowly, the kernels the
  * stock gradients call; libtensorflow has fast native Conv2DBackpropFilter/Input and transposed
  * BatchMatMul, so there the rewrites only add transposes and copies (measured on the fixture UNet,
- * batch 8: README, "Native backend (optional)").
+ * batch 8: docs/speed.md, "The native backend").
  */
 export const STOCK_GRADIENT_BACKENDS: ReadonlySet<string> = new Set(['tensorflow']);
 

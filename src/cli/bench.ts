@@ -1,12 +1,13 @@
 /**
  * `swiftbrush bench`: median seconds per SwiftBrush step of the real stream vs a fused hand loop,
  * each operator's share, UNet forward / forward+backward, peak RSS and tensor drift
- * (library: src/operators/bench.ts). `npm run bench` = `swiftbrush bench --json`.
+ * (library: bench/step.ts). `npm run bench` = `swiftbrush bench --json`.
  */
 import type { Command } from 'commander';
 import { initBackend } from '../backend.ts';
-import { FIXTURE_SCHEDULER, FIXTURE_UNET, runBench, type BenchOptions } from '../operators/bench.ts';
+import { FIXTURE_SCHEDULER, FIXTURE_UNET, runBench, type BenchOptions } from '../../bench/step.ts';
 import { backendOption, int } from './options.ts';
+import { DEFAULT_EMBEDDINGS } from '../default_data.ts';
 
 type BenchFlags = Omit<BenchOptions, 'onProgress' | 'config'> & { embeddings: string; backend?: string; json?: boolean; mpi?: boolean; gradAccum: number };
 
@@ -21,7 +22,7 @@ export function register(program: Command): void {
     .option('--warmup <n>', 'untimed steps per mode first', int(1), 3)
     .option('--round <n>', 'steps per interleaved round', int(1), 5)
     .option('--unet-reps <n>', 'timed UNet forward / forward+backward repetitions', int(1), 10)
-    .option('--embeddings <file>', 'Parquet file whose "" row is the null prompt', 'data/embeddings.parquet')
+    .option('--embeddings <file>', 'Parquet file whose "" row is the null prompt', DEFAULT_EMBEDDINGS)
     .option('--replicas <n>', 'also time the step split over n data-parallel threads (n micro-batches of B/n, --replicas n --grad-accum n); 1 = skip', int(1), 1)
     .option('--mpi', 'under mpirun -np N: time the distillation step over N processes instead (step time, all-reduce share, bytes per step; docs/mpi.md)')
     .option('--grad-accum <k>', 'with --mpi: micro-batches per process per optimiser step', int(1), 1)

@@ -8,7 +8,6 @@ import { existsSync } from 'node:fs';
 import { cp, readFile, rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { initBackend } from '../backend.ts';
 import { runDistillation } from '../operators/run.ts';
@@ -21,10 +20,9 @@ import { Scorer } from '../mnist/score.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 import { log } from '../log.ts';
 import { backendOption, int } from './options.ts';
+import { DEFAULT_EMBEDDINGS, DEFAULT_TEACHER } from '../default_data.ts';
 
-const DATA = fileURLToPath(new URL('../../data/', import.meta.url));
-export const DEFAULT_TEACHER = join(DATA, 'teacher');
-export const DEFAULT_EMBEDDINGS = join(DATA, 'embeddings.parquet');
+export { DEFAULT_EMBEDDINGS, DEFAULT_TEACHER } from '../default_data.ts';
 
 /**
  * Hyper-parameters tuned on the MNIST default (see README, "The embedded default"). They differ

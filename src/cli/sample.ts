@@ -75,7 +75,8 @@ export async function sampleToDir(o: SampleOptions): Promise<SampleResult> {
     }, { format: 'pt', steps: String(steps), guidance_scale: String(guidanceScale), seed: String(o.seed ?? 0), unet: o.unet, embeddings: o.embeddings, pixel_range: '[-1, 1]' });
     await writeFile(files.prompts, prompts.join('\n') + '\n');
     const grid = promptRows(g.images, g.shape, promptIndex, o.gridCols ?? 8);
-    await writeImageGrid(files.grid, grid.images, grid.shape, { rows: grid.rows, cols: grid.cols });
+    const title = steps === 1 ? '1 step' : `DDIM ${steps} steps, guidance ${guidanceScale}`;
+    await writeImageGrid(files.grid, grid.images, grid.shape, { rows: grid.rows, cols: grid.cols, rowLabels: grid.rowPrompts.map((p) => prompts[p]!), columnLabels: [{ text: title, from: 0, to: grid.cols }] });
     return { n, prompts: prompts.length, steps, guidanceScale, seconds: g.seconds, samplesPerSecond: n / g.seconds, files };
   } finally {
     unet.dispose();

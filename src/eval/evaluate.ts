@@ -14,7 +14,6 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { log } from '../log.ts';
 import { NUM_PROMPTS, PROMPTS, parsePrompt } from '../mnist/prompts.ts';
 import { Scorer } from '../mnist/score.ts';
@@ -23,8 +22,9 @@ import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { generate, loadPipeline, readNullPrompt, readPromptEmbeddings, type Pipeline, PIXEL_RANGE } from './sampling.ts';
 import { NoiseSchedule } from '../models/schedule.ts';
 import { resolveTeacherDirs } from '../operators/state.ts';
+import { DEFAULT_EMBEDDINGS } from '../default_data.ts';
 
-export const DEFAULT_EMBEDDINGS = fileURLToPath(new URL('../../data/embeddings.parquet', import.meta.url));
+export { DEFAULT_EMBEDDINGS } from '../default_data.ts';
 /** CFG scale of the teacher's 25-step baseline when none is given. */
 export const DEFAULT_TEACHER_GUIDANCE = 3;
 /** Teacher DDIM samples of the grid, cached beside the teacher's eval.json. */
@@ -206,16 +206,18 @@ export async function evaluateModels(o: EvaluateOptions): Promise<EvaluateResult
   let grid: string | undefined;
   if (o.gridPath && teacherGrid && studentGrid) {
     grid = o.gridPath;
-    await writeComparisonGrid(grid, teacherGrid, studentGrid, promptIndex.subarray(0, gridN), gridCols);
+    const right = o.only === 'teacher' ? 'teacher, 1 step' : 'student, 1 step';
+    await writeComparisonGrid(grid, teacherGrid, studentGrid, promptIndex.subarray(0, gridN), gridCols, { prompts: PROMPTS.map((p) => p.text), left: `teacher, DDIM ${teacherSteps} steps`, right });
   }
   return { report, reused, grid };
 }
 
 /**
- * One row per prompt: `cols` teacher samples, a white separator column, `cols` student samples
- * (the same noise column by column). Images are [N, 28, 28, 1] in [-1, 1].
+ * One row per prompt, labelled with the prompt: `cols` teacher samples, a white separator column,
+ * `cols` student samples (the same noise column by column), each half titled. Images are
+ * [N, 28, 28, 1] in [-1, 1]; `labels.prompts[p]` is the text of prompt index p.
  */
-export async function writeComparisonGrid(path: string, left: Float32Array, right: Float32Array, promptIndex: Int32Array, cols: number): Promise<void> {
+export async function writeComparisonGrid(path: string, left: Float32Array, right: Float32Array, promptIndex: Int32Array, cols: number, labels: { prompts: readonly string[]; left: string; right: string }): Promise<void> {
   const pix = 784;
   const rows = [...new Set(promptIndex)];
   const width = 2 * cols + 1;
@@ -230,7 +232,12 @@ export async function writeComparisonGrid(path: string, left: Float32Array, righ
     }
     out.fill(PIXEL_RANGE[1], (r * width + cols) * pix, (r * width + cols + 1) * pix);
   });
-  await writeImageGrid(path, out, [rows.length * width, 28, 28, 1], { rows: rows.length, cols: width });
+  await writeImageGrid(path, out, [rows.length * width, 28, 28, 1], {
+    rows: rows.length,
+    cols: width,
+    rowLabels: rows.map((p) => labels.prompts[p] ?? `prompt ${p}`),
+    columnLabels: [{ text: labels.left, from: 0, to: cols }, { text: labels.right, from: cols + 1, to: width }],
+  });
 }
 
 /**

@@ -6,7 +6,7 @@
  * (lowest FD) as a diffusers UNet folder, `out/unet`, with `out/best.json`.
  *
  * Why: VSD's two-player dynamics swing on this problem (the student's FD moves by several times
- * between evaluations a few dozen steps apart; the issue's PyTorch run saw the same), so the default
+ * between evaluations a few dozen steps apart; a PyTorch run of the official script showed the same), so the default
  * keeps its best validated student, as a training script that keeps its best checkpoint would.
  * Appends one line per validation to `out/validation.jsonl`. Runs on the main thread between steps.
  */

@@ -17,7 +17,6 @@
  * random ±2 px shifts of the train digits (generated digits are not always centred), 10 epochs.
  * Deterministic given the seed on one backend.
  */
-import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { tf } from '../tf.ts';
@@ -25,10 +24,11 @@ import type { Tensor, Tensor2D, Tensor4D, Variable } from '../tf.ts';
 import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 import { clampModelRange, IMAGE_PIXELS, IMAGE_SIZE, type MnistSplit } from './dataset.ts';
-import { mulberry32, normalSampler, permutation } from './rng.ts';
+import { mulberry32, normalSampler, permutation } from '../util/rng.ts';
+import { DEFAULT_CLASSIFIER_DIR } from '../default_data.ts';
 
 /** data/classifier of this package (independent of the working directory). */
-export const DEFAULT_CLASSIFIER_DIR = fileURLToPath(new URL('../../data/classifier/', import.meta.url));
+export { DEFAULT_CLASSIFIER_DIR } from '../default_data.ts';
 
 export interface ClassifierConfig {
   name: 'swiftbrush-mnist-classifier';

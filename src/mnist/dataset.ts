@@ -24,7 +24,7 @@
  * result in memory; nothing is cached on disk.
  */
 import { createRequire } from 'node:module';
-import { permutation } from './rng.ts';
+import { permutation } from '../util/rng.ts';
 
 export const IMAGE_SIZE = 28;
 export const IMAGE_PIXELS = IMAGE_SIZE * IMAGE_SIZE;

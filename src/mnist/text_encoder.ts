@@ -18,7 +18,7 @@
  *     variance 1 over D, a scale a UNet's cross-attention is used to.
  *   Output per prompt: [EMBED_LENGTH = 8, EMBED_DIM = 32] float32 (the "last hidden state").
  */
-import { normalSampler } from './rng.ts';
+import { normalSampler } from '../util/rng.ts';
 
 export const EMBED_LENGTH = 8;
 export const EMBED_DIM = 32;

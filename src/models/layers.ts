@@ -6,7 +6,11 @@
 import { tf } from '../tf.ts';
 import type { Tensor, Tensor3D, Tensor4D, Variable } from '../tf.ts';
 import type { ParamStore } from './params.ts';
-import type { LoraState } from './lora.ts';
+
+/** Whether the LoRA adapters attached to a model are active (one object shared by its layers). */
+export interface LoraState {
+  enabled: boolean;
+}
 
 /** A LoRA adapter on one layer (set by `LoraAdapter.attach`): y += scale · B(A(x)), active only while `state.enabled`. */
 export interface LayerLora {

@@ -12,14 +12,12 @@ import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Variable } from '../tf.ts';
 import type { UNet2DConditionModel } from './unet_2d_condition.ts';
-import { Conv2d, Linear } from './layers.ts';
+import { Conv2d, Linear, type LoraState } from './layers.ts';
 import { ParamStore, tfToTorch, torchToTf } from './params.ts';
 import { readSafetensors, writeSafetensors } from './safetensors.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 
-export interface LoraState {
-  enabled: boolean;
-}
+export type { LoraState };
 
 export interface LoraConfig {
   rank: number;

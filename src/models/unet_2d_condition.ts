@@ -7,12 +7,11 @@ import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Tensor3D, Tensor4D, Variable } from '../tf.ts';
 import { ParamStore, torchToTf } from './params.ts';
-import { Conv2d, GroupNorm, silu } from './layers.ts';
+import { Conv2d, GroupNorm, silu, type LoraState } from './layers.ts';
 import { TimestepEmbedding, timestepTensor } from './embeddings.ts';
 import { DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D } from './unet_2d_blocks.ts';
 import { readSafetensors, writeSafetensors, type StoredTensor } from './safetensors.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
-import type { LoraState } from './lora.ts';
 
 export const WEIGHTS_NAME = 'diffusion_pytorch_model.safetensors';
 export const CONFIG_NAME = 'config.json';

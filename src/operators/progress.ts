@@ -1,13 +1,14 @@
 /**
  * progress: a TTY progress bar (steps/s, losses, ETA) via cli-progress, or — when stderr is not a
  * terminal — a pino log line every `logEvery` steps. Both read the per-step records of metrics.ts.
+ * While the bar is drawn, log lines go above it (log.ts' status line).
  */
 import { SingleBar, Presets } from 'cli-progress';
 import { finalize, pipe, type MonoTypeOperatorFunction } from 'rxjs';
 import type { StepContext } from './context.ts';
 import type { DistillState } from './state.ts';
 import { stepRecords, type StepRecord } from './metrics.ts';
-import { log } from '../log.ts';
+import { holdStatusLine, log } from '../log.ts';
 
 export function progress(state: DistillState, options: { totalSteps: number; startStep?: number; logEvery?: number; tty?: boolean }): MonoTypeOperatorFunction<StepContext> {
   const tty = options.tty ?? Boolean(process.stderr.isTTY);
@@ -20,10 +21,12 @@ export function progress(state: DistillState, options: { totalSteps: number; sta
     });
   }
   const bar = new SingleBar(
-    { format: 'distill |{bar}| {value}/{total} steps | {rate} steps/s | vsd {vsd} | lora {lora} | ETA {eta_formatted}', hideCursor: true, etaBuffer: 20 },
+    // forceRedraw: after a log line has cleared the bar's line, redraw it even though its text is unchanged.
+    { format: 'distill |{bar}| {value}/{total} steps | {rate} steps/s | vsd {vsd} | lora {lora} | ETA {eta_formatted}', hideCursor: true, etaBuffer: 20, forceRedraw: true },
     Presets.shades_classic,
   );
   bar.start(options.totalSteps, options.startStep ?? 0, { rate: '-', vsd: '-', lora: '-' });
+  const release = holdStatusLine({ redraw: () => bar.render() });
   let last = performance.now();
   return pipe(
     stepRecords(state, (r) => {
@@ -31,6 +34,9 @@ export function progress(state: DistillState, options: { totalSteps: number; sta
       bar.update(r.step, { rate: (1000 / (t - last)).toFixed(2), vsd: r.loss_vsd?.toPrecision(3) ?? '-', lora: r.loss_lora?.toPrecision(3) ?? '-' });
       last = t;
     }),
-    finalize(() => bar.stop()),
+    finalize(() => {
+      release();
+      bar.stop();
+    }),
   );
 }

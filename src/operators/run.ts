@@ -22,6 +22,7 @@ import { metricsJsonl } from './metrics.ts';
 import { progress } from './progress.ts';
 import { ReplicaPool } from '../parallel/replica_pool.ts';
 import { tf } from '../tf.ts';
+import { initBackend } from '../backend.ts';
 import { OFFICIAL_DEFAULTS, createDistillState, disposeDistillState, readTrainingState, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
 import { validation } from './validation.ts';
 import { copyFile, mkdir } from 'node:fs/promises';
@@ -50,8 +51,28 @@ export interface DistillRunOptions {
   /** Extra operators after the built-in ones, given the run's state (built before the stream starts). */
   operators?: (state: DistillState) => OperatorFunction<StepContext, StepContext>[];
   tty?: boolean;
+  /**
+   * TensorFlow.js backend (`auto`, `tensorflow`, `wasm`, `cpu`). Unset: the one already chosen by
+   * `initBackend`, else `SWIFTBRUSH_BACKEND`, else `auto` (the fastest that loads).
+   */
+  backend?: string;
   /** Open an MPI world even when no launcher's environment is seen (default: only under mpirun / srun). */
   mpi?: boolean;
+}
+
+/** Every option of runDistillation, so that an unknown one (a typo, `batchSize` outside `config`) is refused by name. */
+const RUN_OPTIONS: Record<keyof DistillRunOptions, true> = {
+  teacher: true, embeddings: true, out: true, steps: true, config: true, checkpointEvery: true, checkpointsTotalLimit: true,
+  resume: true, validationEvery: true, validationPrompts: true, prefetch: true, shuffle: true, shuffleBuffer: true,
+  exportRawWeights: true, stopRequested: true, operators: true, tty: true, backend: true, mpi: true,
+};
+
+function refuseUnknownOptions(o: object): void {
+  for (const key of Object.keys(o)) {
+    if (key in RUN_OPTIONS) continue;
+    const hint = key in OFFICIAL_DEFAULTS ? ` (a training setting: pass it as config: { ${key} })` : '';
+    throw new Error(`runDistillation: unknown option '${key}'${hint}; options are ${Object.keys(RUN_OPTIONS).join(', ')}`);
+  }
 }
 
 export interface DistillRunResult {
@@ -112,6 +133,8 @@ function requireOneOf<K extends keyof DistillConfig>(config: DistillConfig, key:
 }
 
 export async function runDistillation(o: DistillRunOptions): Promise<DistillRunResult> {
+  refuseUnknownOptions(o);
+  await initBackend(o.backend);
   const config: DistillConfig = { ...OFFICIAL_DEFAULTS, ...o.config };
   if (!config.lrDecaySteps) config.lrDecaySteps = o.steps;
   requireOneOf(config, 'lrScheduler', ['constant', 'linear', 'cosine']);
@@ -158,7 +181,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
       const operators: OperatorFunction<StepContext, StepContext>[] = sync ? [sync.operator] : [];
       if (writer && o.validationEvery && o.validationEvery > 0) {
         const v = await validationPrompts(files, o.validationPrompts ?? 8);
-        operators.push(validation(state, { out: o.out, every: o.validationEvery, embeds: v.embeds, shape: v.shape, seed: config.seed }));
+        operators.push(validation(state, { out: o.out, every: o.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed }));
       }
       if (writer) {
         operators.push(

@@ -16,7 +16,6 @@ import { Adam, EmaWeights, GradAccumulator } from '../models/optim.ts';
 import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { SeededDraws, type Draws } from '../swiftbrush/draws.ts';
 import type { StepObserver } from '../swiftbrush/observer.ts';
-import type { ReplicaPool } from '../parallel/replica_pool.ts';
 import type { World } from '../parallel/mpi.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 
@@ -135,11 +134,28 @@ export interface DistillState {
   /** y0: the null prompt's embedding [1, L, D]. */
   readonly nullEmbeds: Tensor3D;
   /** Data-parallel replica threads (set by runDistillation when config.replicas > 1). */
-  replicas?: ReplicaPool;
+  replicas?: Replicas;
   /** The MPI world of a multi-process run (set by runDistillation under mpirun / srun / --mpi). */
   world?: World;
   /** Counters that survive a resume. */
   readonly counters: { nonFiniteInARow: number; skippedSteps: number };
+}
+
+/**
+ * What the operators use of the data-parallel replica threads. `ReplicaPool`
+ * (src/parallel/replica_pool.ts) implements it; declared here so that the state does not depend on
+ * the threads' module.
+ */
+export interface Replicas {
+  /** Slot for a micro-batch that does not close its window. */
+  slotFor(windowIndex: number): number;
+  /** Hands one micro-batch (of optimiser step `step`) to replica `index`. */
+  submit(index: number, microStep: number, step: number, embeds: Float32Array, batchSize: number, state: DistillState): void;
+  /** Waits for every busy replica and adds its gradients to `state`'s accumulators. */
+  collectInto(state: DistillState): void;
+  /** Writes the current student and LoRA weights for the replicas. */
+  publish(): void;
+  dispose(): Promise<void>;
 }
 
 /** The teacher folder may be a pipeline (unet/, scheduler/) or a bare unet folder. */

@@ -20,6 +20,8 @@ export interface ValidationOptions {
   /** Embeddings of the validation prompts [n, L, D]. */
   embeds: Float32Array;
   shape: [number, number, number];
+  /** The validation prompts' text, written beside their rows of the grid. */
+  prompts?: readonly string[];
   seed?: number;
   /** Images per prompt (grid columns). */
   perPrompt?: number;
@@ -60,6 +62,8 @@ export function validation(state: DistillState, options: ValidationOptions): Ope
     if (!ctx.closesWindow || ctx.step % options.every !== 0) return of(ctx);
     const { images, shape } = renderValidation(state, options);
     const path = join(options.out, 'samples', `step-${String(ctx.step).padStart(6, '0')}.png`);
-    return from(writeImageGrid(path, images, shape, { cols: options.perPrompt ?? 4, range: [-1, 1] })).pipe(ignoreElements(), endWith(ctx));
+    const cols = options.perPrompt ?? 4;
+    const labels = { rowLabels: options.prompts, columnLabels: [{ text: `student, 1 step, at step ${ctx.step}`, from: 0, to: cols }] };
+    return from(writeImageGrid(path, images, shape, { cols, range: [-1, 1], ...labels })).pipe(ignoreElements(), endWith(ctx));
   });
 }

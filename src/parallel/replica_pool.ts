@@ -18,7 +18,7 @@ import { Worker } from 'node:worker_threads';
 import { tf } from '../tf.ts';
 import type { Tensor } from '../tf.ts';
 import type { NamedGrads } from '../models/optim.ts';
-import { updatesStudent, type DistillConfig, type DistillState } from '../operators/state.ts';
+import { updatesStudent, type DistillConfig, type DistillState, type Replicas } from '../operators/state.ts';
 
 /** Slot states (Int32 in shared memory). */
 export const SLOT = { idle: 0, job: 1, done: 2, failed: 3, stop: 4 } as const;
@@ -114,7 +114,7 @@ interface Slot {
   busyStep: number;
 }
 
-export class ReplicaPool {
+export class ReplicaPool implements Replicas {
   private constructor(
     private readonly slots: Slot[],
     private readonly weights: Float32Array,

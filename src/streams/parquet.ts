@@ -5,7 +5,7 @@
  * Arrow IPC and is parsed by apache-arrow's `tableFromIPC`; the float child of a list column is one
  * contiguous typed array, so a row group's embeddings are a zero-copy view [rows, L, D].
  *
- * Layouts (DESIGN §3): `list<float32>`, `large_list<float32>`, `fixed_size_list<float32>` (flat;
+ * Layouts: `list<float32>`, `large_list<float32>`, `fixed_size_list<float32>` (flat;
  * shape from the key-value metadata `swiftbrush.embedding_shape`), `list<list<float32>>` and other
  * nestings (shape from the data), `binary` / `large_binary` / `fixed_size_binary` holding raw
  * little-endian float32 or float16 (`swiftbrush.embedding_dtype`). float16 leaves are widened to

@@ -2,7 +2,7 @@
  * The embedding stream: Parquet row groups → batches of ONE contiguous Float32Array [B, L, D] plus
  * their prompt strings, as a pulled RxJS Observable.
  *
- * Decisions (see also README / DESIGN §2):
+ * Decisions (see also src/streams/README.md):
  * - Pull, bounded: a row group is decoded only when a batch is being produced, and a batch is
  *   produced only while fewer than `prefetch` batches are produced-but-unacknowledged. Without
  *   `demand`, a batch is acknowledged when `subscriber.next` returns (synchronous operators have then
@@ -39,7 +39,7 @@ import { resolve, join, dirname, basename, sep } from 'node:path';
 import { Observable, type SchedulerLike, type Subscription } from 'rxjs';
 import { EmbeddingFormatError } from './errors.ts';
 import { EmbeddingFile, type OpenOptions } from './parquet.ts';
-import { hashSeed, Rng } from './rng.ts';
+import { mixSeed, Rng } from '../util/rng.ts';
 export { inspectEmbeddings, type InspectReport } from './inspect.ts';
 export { EmbeddingFormatError } from './errors.ts';
 
@@ -368,8 +368,8 @@ async function* batchesOf(plan: Plan, o: EmbeddingStreamOptions): AsyncGenerator
   }
 
   for (; epoch < epochs; epoch++) {
-    const order = shuffle ? new Rng(hashSeed(seed, epoch, 1)).shuffle([...plan.shard]) : plan.shard;
-    const rng = new Rng(hashSeed(seed, epoch, 2));
+    const order = shuffle ? new Rng(mixSeed(seed, epoch, 1)).shuffle([...plan.shard]) : plan.shard;
+    const rng = new Rng(mixSeed(seed, epoch, 2));
     let skipping = batchIndex < startBatch;
     const firstIndex = batchIndex;
 
@@ -456,73 +456,76 @@ async function* batchesOf(plan: Plan, o: EmbeddingStreamOptions): AsyncGenerator
       } else bufHas[j] = 0;
     };
 
-    const readAhead = o.readAhead ?? 1;
-    for (let ui = 0; ui < order.length; ui++) {
-      const unit = order[ui]!;
-      if (!skipping) {
-        for (let k = 1; k <= readAhead && ui + k < order.length; k++) {
-          const nu = order[ui + k]!;
-          fileOf(nu).readAhead(nu.group);
-        }
-      }
-      if (skipping && nullRows.has(unit.key)) {
-        cur = { unit, prompts: null, embeds: null, train: trainFromNulls(unit), pos: 0 };
-      } else {
-        const g = await loadFull(unit);
-        cur = { unit, prompts: g.prompts, embeds: g.embeds, train: trainOf(unit, g.prompts), pos: 0 };
-      }
-      const train = cur.train;
-      while (cur.pos < train.length) {
-        if (!useBuffer) {
-          // Copy the longest run of consecutive rows that fits the batch.
-          const r0 = train[cur.pos]!;
-          let m = 1;
-          const room = B - fill;
-          while (m < room && cur.pos + m < train.length && train[cur.pos + m] === r0 + m) m++;
-          if (!skipping) {
-            out!.set(cur.embeds!.subarray(r0 * per, (r0 + m) * per), fill * per);
-            for (let k = 0; k < m; k++) prompts.push(cur.prompts![r0 + k]!);
+    /**
+     * Planning: moves this epoch's training rows into the batch under construction, in the order the
+     * epoch takes them (row groups in `order`; through the shuffle buffer when there is one), and
+     * pauses (yields) whenever a row has entered the batch. Emitting happens in the loop below.
+     */
+    async function* moveRows(): AsyncGenerator<void, void, undefined> {
+      const readAhead = o.readAhead ?? 1;
+      for (let ui = 0; ui < order.length; ui++) {
+        const unit = order[ui]!;
+        if (!skipping) {
+          for (let k = 1; k <= readAhead && ui + k < order.length; k++) {
+            const nu = order[ui + k]!;
+            fileOf(nu).readAhead(nu.group);
           }
-          fill += m;
-          cur.pos += m;
+        }
+        if (skipping && nullRows.has(unit.key)) {
+          cur = { unit, prompts: null, embeds: null, train: trainFromNulls(unit), pos: 0 };
         } else {
-          const r = train[cur.pos]!;
-          if (bufSize < S) {
-            putSlot(bufSize++, cur, r);
-          } else {
-            const j = rng.int(S);
-            takeSlot(j);
-            if (fill === B) {
-              // The slot's old row is in the batch; the incoming row goes in after the batch closes.
-              const b = finish();
-              if (b) yield b;
-              if (skipping && batchIndex >= startBatch) await materialize();
+          const g = await loadFull(unit);
+          cur = { unit, prompts: g.prompts, embeds: g.embeds, train: trainOf(unit, g.prompts), pos: 0 };
+        }
+        const train = cur.train;
+        while (cur.pos < train.length) {
+          if (!useBuffer) {
+            // Copy the longest run of consecutive rows that fits the batch.
+            const r0 = train[cur.pos]!;
+            let m = 1;
+            const room = B - fill;
+            while (m < room && cur.pos + m < train.length && train[cur.pos + m] === r0 + m) m++;
+            if (!skipping) {
+              out!.set(cur.embeds!.subarray(r0 * per, (r0 + m) * per), fill * per);
+              for (let k = 0; k < m; k++) prompts.push(cur.prompts![r0 + k]!);
             }
-            putSlot(j, cur, r);
+            fill += m;
+            cur.pos += m;
+            yield;
+          } else {
+            const r = train[cur.pos]!;
+            if (bufSize < S) {
+              putSlot(bufSize++, cur, r);
+            } else {
+              // The slot's old row enters the batch; the incoming row takes its place once the batch
+              // (if now full) has been emitted.
+              const j = rng.int(S);
+              takeSlot(j);
+              yield;
+              putSlot(j, cur, r);
+            }
+            cur.pos++;
           }
-          cur.pos++;
-          continue;
         }
-        if (fill === B) {
-          const b = finish();
-          if (b) yield b;
-          if (skipping && batchIndex >= startBatch) await materialize();
-        }
+        cur = null;
       }
-      cur = null;
+      // Drain the shuffle buffer in random order.
+      if (useBuffer && bufSize > 0) {
+        const rest = rng.shuffle(Array.from({ length: bufSize }, (_, j) => j));
+        for (const j of rest) {
+          takeSlot(j);
+          yield;
+        }
+        bufSize = 0;
+      }
     }
-    // Drain the shuffle buffer in random order.
-    if (useBuffer && bufSize > 0) {
-      const rest = rng.shuffle(Array.from({ length: bufSize }, (_, j) => j));
-      for (const j of rest) {
-        takeSlot(j);
-        if (fill === B) {
-          const b = finish();
-          if (b) yield b;
-          if (skipping && batchIndex >= startBatch) await materialize();
-        }
-      }
-      bufSize = 0;
+
+    // Emitting: a full batch leaves as soon as its last row is in.
+    for await (const _ of moveRows()) {
+      if (fill < B) continue;
+      const b = finish();
+      if (b) yield b;
+      if (skipping && batchIndex >= startBatch) await materialize();
     }
     if (fill > 0) {
       if (dropLast) fill = 0;

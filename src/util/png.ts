@@ -1,11 +1,14 @@
 /**
  * Image grids as 8-bit PNG (grayscale, gray+alpha, RGB or RGBA by channel count), via fast-png.
  * Pixel mapping as diffusers' VaeImageProcessor: [-1,1] → x/2 + 0.5, clamp to [0,1], round(x·255);
- * NaN becomes 0. Written atomically (temp file beside the target, then rename).
+ * NaN becomes 0. Written atomically (temp file beside the target, then rename). Rows and column
+ * spans may carry text labels (a 5x7 bitmap font): the prompt beside each row, the model above its
+ * columns.
  */
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { encode } from 'fast-png';
+import { ADVANCE, drawText, GLYPH_HEIGHT, textWidth } from './font.ts';
 
 export interface GridOptions {
   /** Grid size; defaults: cols = ceil(sqrt(N)), rows = ceil(N / cols). rows·cols must be ≥ N. */
@@ -17,6 +20,14 @@ export interface GridOptions {
   padding?: number;
   /** Byte value (0..255) of padding and of empty cells. Default 0 (black). */
   padValue?: number;
+  /** Text left of each grid row (e.g. its prompt); one per row. Longer than `maxLabelChars`: cut, ending in "...". */
+  rowLabels?: readonly string[];
+  /** Text above a span of columns [from, to) (e.g. "teacher, 25 steps" over the teacher's half). */
+  columnLabels?: readonly { text: string; from: number; to: number }[];
+  /** Font pixel size in image pixels. Default: 1 per 28 pixels of tile height (at least 1). */
+  labelScale?: number;
+  /** Longest row label drawn. Default 48 characters. */
+  maxLabelChars?: number;
 }
 
 /** numpy's round (half to even), as diffusers' `(images * 255).round()`. */
@@ -55,12 +66,36 @@ export function imageGrid(images: Float32Array, shape: readonly number[], opts: 
   const scale = lo === -1 ? 0.5 : 1;
   const shift = lo === -1 ? 0.5 : 0;
 
-  const width = cols * W + (cols + 1) * padding;
-  const height = rows * H + (rows + 1) * padding;
+  const fontScale = opts.labelScale ?? Math.max(1, Math.floor(H / 28));
+  const maxChars = opts.maxLabelChars ?? 48;
+  const rowLabels = opts.rowLabels?.map((t) => (t.length > maxChars ? `${t.slice(0, maxChars - 3)}...` : t));
+  if (rowLabels && rowLabels.length !== rows) throw new Error(`image grid: ${rowLabels.length} row labels for ${rows} rows`);
+  for (const l of opts.columnLabels ?? []) {
+    if (!(Number.isInteger(l.from) && Number.isInteger(l.to) && 0 <= l.from && l.from < l.to && l.to <= cols)) throw new Error(`image grid: column label '${l.text}' spans [${l.from}, ${l.to}) of ${cols} columns`);
+  }
+  const gap = 3 * fontScale; // between a label and the images
+  const left = rowLabels ? Math.max(0, ...rowLabels.map(textWidth)) * fontScale + gap + padding : 0;
+  // Column labels wrap at spaces to fit over their columns.
+  const spanWidth = (from: number, to: number) => (to - from) * (W + padding) - padding;
+  const columnLabels = (opts.columnLabels ?? []).map((l) => ({ ...l, lines: wrap(l.text, Math.floor((spanWidth(l.from, l.to) / fontScale + 1) / ADVANCE)) }));
+  const lineHeight = (GLYPH_HEIGHT + 2) * fontScale;
+  const top = columnLabels.length ? Math.max(...columnLabels.map((l) => l.lines.length)) * lineHeight - 2 * fontScale + gap + padding : 0;
+
+  const width = left + cols * W + (cols + 1) * padding;
+  const height = top + rows * H + (rows + 1) * padding;
   const data = new Uint8Array(width * height * C).fill(padValue);
+  const ink = padValue < 128 ? 255 : 0;
+  rowLabels?.forEach((text, r) => {
+    const y = top + padding + r * (H + padding) + Math.floor((H - GLYPH_HEIGHT * fontScale) / 2);
+    drawText(data, width, C, padding, y, text, fontScale, ink);
+  });
+  for (const { lines, from, to } of columnLabels) {
+    const x0 = left + padding + from * (W + padding);
+    lines.forEach((line, i) => drawText(data, width, C, x0 + Math.max(0, Math.floor((spanWidth(from, to) - textWidth(line) * fontScale) / 2)), padding + i * lineHeight, line, fontScale, ink));
+  }
   for (let n = 0; n < N; n++) {
-    const x0 = padding + (n % cols) * (W + padding);
-    const y0 = padding + Math.floor(n / cols) * (H + padding);
+    const x0 = left + padding + (n % cols) * (W + padding);
+    const y0 = top + padding + Math.floor(n / cols) * (H + padding);
     for (let y = 0; y < H; y++) {
       let src = ((n * H + y) * W) * C;
       let dst = ((y0 + y) * width + x0) * C;
@@ -71,6 +106,17 @@ export function imageGrid(images: Float32Array, shape: readonly number[], opts: 
     }
   }
   return { data, rows, cols, width, height, channels: C };
+}
+
+/** Splits `text` at spaces into lines of at most `chars` characters (a longer word keeps its own line). */
+function wrap(text: string, chars: number): string[] {
+  const lines: string[] = [];
+  for (const word of text.split(/\s+/).filter(Boolean)) {
+    const last = lines.at(-1);
+    if (last !== undefined && last.length + 1 + word.length <= chars) lines[lines.length - 1] = `${last} ${word}`;
+    else lines.push(word);
+  }
+  return lines;
 }
 
 /** Writes N images [N,H,W,C] as one PNG grid, atomically. Returns the layout written. */

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { frechetDistance, frechetDistanceFromStats, gaussianStats, sqrtPsd, symmetricEigen, type Gaussian } from '../../src/mnist/frechet.ts';
-import { normalSampler } from '../../src/mnist/rng.ts';
+import { normalSampler } from '../../src/util/rng.ts';
 
 /** Deterministic features; the same formula in numpy gave the scipy reference below. */
 function feats(n: number, d: number, off: number, scale = 1, shift = 0): Float64Array {

@@ -6,7 +6,7 @@ import { loadSplit } from '../../src/mnist/dataset.ts';
 import { DEFAULT_CLASSIFIER_DIR } from '../../src/mnist/classifier.ts';
 import { promptIndexOfImages } from '../../src/mnist/prompts.ts';
 import { Scorer } from '../../src/mnist/score.ts';
-import { normalSampler } from '../../src/mnist/rng.ts';
+import { normalSampler } from '../../src/util/rng.ts';
 
 const shipped = existsSync(join(DEFAULT_CLASSIFIER_DIR, 'model.safetensors'));
 

@@ -50,4 +50,33 @@ describe('writeImageGrid', () => {
     expect(() => imageGrid(new Float32Array(7), [2, 2, 2, 1])).toThrow(/7 values/);
     expect(() => imageGrid(new Float32Array(10), [1, 1, 2, 5])).toThrow(/5 channels/);
   });
+
+  it('labels rows and column spans: a left margin and a top band, text in the contrasting colour', () => {
+    const [N, H, W, C] = [4, 28, 28, 1];
+    const images = new Float32Array(N * H * W * C).fill(-1);
+    const plain = imageGrid(images, [N, H, W, C], { rows: 2, cols: 2 });
+    const g = imageGrid(images, [N, H, W, C], { rows: 2, cols: 2, rowLabels: ['a seven', 'an eight'], columnLabels: [{ text: 'teacher, 25 steps', from: 0, to: 1 }, { text: 'student', from: 1, to: 2 }] });
+    // Margin: the longest label (8 characters, 6 px each less the last gap) + a 3 px gap + padding.
+    expect(g.width).toBe(plain.width + 8 * 6 - 1 + 3 + 2);
+    // Band: "teacher, 25 steps" wraps into 2 lines over a 28 px column (4 characters fit per line).
+    expect(g.height).toBeGreaterThan(plain.height + 2 * 7);
+    const inked = (x0: number, x1: number, y0: number, y1: number) => {
+      let n = 0;
+      for (let y = y0; y < y1; y++) for (let x = x0; x < x1; x++) n += g.data[y * g.width + x] === 255 ? 1 : 0;
+      return n;
+    };
+    const left = g.width - plain.width;
+    const top = g.height - plain.height;
+    expect(inked(0, left, top, g.height)).toBeGreaterThan(20); // the row labels
+    expect(inked(left, g.width, 0, top)).toBeGreaterThan(20); // the column labels
+    expect(inked(left, g.width, top, g.height)).toBe(0); // the images stay as they were (all black)
+    const white = imageGrid(images, [N, H, W, C], { rows: 2, cols: 2, padValue: 255, rowLabels: ['x', 'y'] });
+    expect(Array.from(white.data).some((v) => v === 0)).toBe(true); // dark text on a light background
+  });
+
+  it('refuses labels that do not match the grid', () => {
+    const images = new Float32Array(4 * 4).fill(0);
+    expect(() => imageGrid(images, [4, 2, 2, 1], { rows: 2, cols: 2, rowLabels: ['one'] })).toThrow(/1 row labels for 2 rows/);
+    expect(() => imageGrid(images, [4, 2, 2, 1], { rows: 2, cols: 2, columnLabels: [{ text: 't', from: 1, to: 3 }] })).toThrow(/column label 't' spans \[1, 3\) of 2 columns/);
+  });
 });

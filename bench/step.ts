@@ -19,25 +19,25 @@ import { mkdtemp, readFile, symlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Observable, Subject, lastValueFrom, pipe, tap, type OperatorFunction } from 'rxjs';
-import { tf } from '../tf.ts';
-import type { Tensor3D, Tensor4D } from '../tf.ts';
-import type { EmbeddingBatch } from '../streams/reader.ts';
-import { readNullEmbedding } from '../streams/reader.ts';
-import { mulberry32 } from '../util/rng.ts';
-import type { StepContext } from './context.ts';
-import { distill, toStepContext } from './pipeline.ts';
-import { createDistillState, disposeDistillState, OFFICIAL_DEFAULTS, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
-import { latentShape, studentForward, studentX0 } from './student_forward.ts';
-import { noiseAtT } from './noise_at_t.ts';
-import { guidedEpsilon, teacherCFG } from './teacher_cfg.ts';
-import { scoreGradient, stepOptimizer, studentGradients, vsdUpdate } from './vsd_update.ts';
-import { noiseAtTPrime } from './noise_at_t_prime.ts';
-import { loraGradients, loraUpdate } from './lora_update.ts';
-import { emaUpdate } from './ema_update.ts';
-import { ReplicaPool } from '../parallel/replica_pool.ts';
+import { tf } from '../src/tf.ts';
+import type { Tensor3D, Tensor4D } from '../src/tf.ts';
+import type { EmbeddingBatch } from '../src/streams/reader.ts';
+import { readNullEmbedding } from '../src/streams/reader.ts';
+import { mulberry32 } from '../src/util/rng.ts';
+import type { StepContext } from '../src/operators/context.ts';
+import { distill, toStepContext } from '../src/operators/pipeline.ts';
+import { createDistillState, disposeDistillState, OFFICIAL_DEFAULTS, resolveTeacherDirs, type DistillConfig, type DistillState } from '../src/operators/state.ts';
+import { latentShape, studentForward, studentX0 } from '../src/operators/student_forward.ts';
+import { noiseAtT } from '../src/operators/noise_at_t.ts';
+import { guidedEpsilon, teacherCFG } from '../src/operators/teacher_cfg.ts';
+import { scoreGradient, stepOptimizer, studentGradients, vsdUpdate } from '../src/operators/vsd_update.ts';
+import { noiseAtTPrime } from '../src/operators/noise_at_t_prime.ts';
+import { loraGradients, loraUpdate } from '../src/operators/lora_update.ts';
+import { emaUpdate } from '../src/operators/ema_update.ts';
+import { ReplicaPool } from '../src/parallel/replica_pool.ts';
+import { FIXTURE_SCHEDULER, FIXTURE_UNET, median } from './common.ts';
 
-export const FIXTURE_UNET = new URL('../../test/fixtures/diffusers-tiny-unet', import.meta.url).pathname;
-export const FIXTURE_SCHEDULER = new URL('../../test/fixtures/diffusers-scheduler', import.meta.url).pathname;
+export { FIXTURE_SCHEDULER, FIXTURE_UNET };
 
 export interface BenchOptions {
   /** A pipeline folder (unet/ + scheduler/) or a bare unet folder (then `scheduler` or ../scheduler). */
@@ -98,11 +98,6 @@ export interface BenchResult {
   data_parallel?: { replicas: number; micro_batch: number; step_s: number; speedup: number };
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 const mib = (bytes: number) => bytes / 1024 / 1024;
 
 /** Deterministic embeddings [B, L, D] for micro-batch i. */

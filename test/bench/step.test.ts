@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { initBackend } from '../../src/backend.ts';
-import { bootstrapMedianCi, runBench } from '../../src/operators/bench.ts';
-import { EMBEDDINGS, makeTinyTeacher } from './helpers.ts';
+import { bootstrapMedianCi, runBench } from '../../bench/step.ts';
+import { EMBEDDINGS, makeTinyTeacher } from '../operators/helpers.ts';
 
 describe('swiftbrush bench (library)', () => {
   it('reports stream and fused step times, operator shares, UNet times, RSS, a zero tensor drift, and the data-parallel step', async () => {

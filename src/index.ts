@@ -1,0 +1,57 @@
+/**
+ * swiftbrush-rx's public API: `import { runDistillation, distill, … } from 'swiftbrush-rx'`.
+ *
+ * - `runDistillation`: the `swiftbrush distill` job as one call (teacher + Parquet embeddings in,
+ *   diffusers student + PEFT LoRA out, checkpoints, resume).
+ * - `distill` / `swiftbrushStep` and the step's operators: the stream itself, to compose your own.
+ * - `embeddingBatches` and the Parquet / npy helpers: the embedding input.
+ * - The models (diffusers' `UNet2DConditionModel`, PEFT LoRA, schedules, DDIM) and safetensors I/O.
+ * - `initBackend`: choose the TensorFlow.js backend (`runDistillation` picks the best one itself).
+ */
+
+// The TensorFlow.js instance the library uses (share it: a second copy would be a second engine).
+export { tf } from './tf.ts';
+export { initBackend, requestedBackend, BACKEND_NAMES, type BackendName, type BackendChoice } from './backend.ts';
+
+// The job and the stream.
+export { runDistillation, exportStudent, type DistillRunOptions, type DistillRunResult } from './operators/run.ts';
+export { distill, swiftbrushStep, toStepContext, oneAtATime, type DistillStreamOptions } from './operators/pipeline.ts';
+export { OFFICIAL_DEFAULTS, createDistillState, disposeDistillState, resolveTeacherDirs, updatesStudent, type DistillConfig, type DistillState } from './operators/state.ts';
+export { take, need, contextTensors, disposeContext, type StepContext, type StepTensors, type StepMetrics } from './operators/context.ts';
+export { stepOperator } from './operators/operator.ts';
+
+// The step's operators, in stream order, and the ones after the step.
+export { offloadToReplicas } from './operators/offload_to_replicas.ts';
+export { studentForward } from './operators/student_forward.ts';
+export { noiseAtT } from './operators/noise_at_t.ts';
+export { teacherCFG } from './operators/teacher_cfg.ts';
+export { vsdUpdate } from './operators/vsd_update.ts';
+export { noiseAtTPrime } from './operators/noise_at_t_prime.ts';
+export { loraUpdate } from './operators/lora_update.ts';
+export { emaUpdate } from './operators/ema_update.ts';
+export { validation, type ValidationOptions } from './operators/validation.ts';
+export { checkpoint, type CheckpointOptions } from './operators/checkpoint.ts';
+export { metricsJsonl, stepRecords, type StepRecord } from './operators/metrics.ts';
+export { progress } from './operators/progress.ts';
+export { keepBestStudent, type KeepBestStudentOptions } from './eval/keep_best_student.ts';
+
+// Embedding input and output.
+export { embeddingBatches, readNullEmbedding, expandFiles, type EmbeddingBatch, type EmbeddingStreamOptions, type StreamPosition } from './streams/reader.ts';
+export { EmbeddingFile, SHAPE_KEY, DTYPE_KEY, type EmbeddingFileInfo } from './streams/parquet.ts';
+export { EmbeddingParquetWriter, writeEmbeddingParquet, type WriteOptions } from './streams/writer.ts';
+export { EmbeddingFormatError } from './streams/errors.ts';
+export { inspectEmbeddings, type InspectReport } from './streams/inspect.ts';
+export { readNpy, parseNpy, importNpy, type NpyArray } from './streams/npy.ts';
+
+// Models and weights.
+export { UNet2DConditionModel, parseUNetConfig, type UNetConfig } from './models/unet_2d_condition.ts';
+export { LoraAdapter, type LoraConfig } from './models/lora.ts';
+export { NoiseSchedule, type SchedulerConfig } from './models/schedule.ts';
+export { ddimSample, ddimStep, ddimTimesteps, type DdimSampleOptions } from './models/ddim.ts';
+export { Adam, EmaWeights, GradAccumulator, clipGradNorm, type AdamOptions } from './models/optim.ts';
+export { readSafetensors, writeSafetensors, parseSafetensors, serializeSafetensors, type StoredTensor, type DType } from './models/safetensors.ts';
+export { loadPipeline, generate, type Pipeline, type GenerateOptions } from './eval/sampling.ts';
+export { latestCheckpoint, listCheckpoints } from './util/checkpoint.ts';
+
+// The embedded MNIST default's teacher and embeddings (shipped in the package's data/).
+export { DEFAULT_TEACHER, DEFAULT_EMBEDDINGS } from './default_data.ts';
