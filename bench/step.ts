@@ -3,8 +3,9 @@
  *
  * Measures, on one UNet (default: the diffusers fixture, 4x16x16) at one batch size:
  * - the median seconds per step of the REAL stream (`distill`, fed by an in-memory pulled source);
- * - the median seconds per step of a FUSED hand loop doing the same math with the same calls, no
- *   RxJS (the difference is the stream's overhead);
+ * - the median seconds per step of the REFERENCE loop (src/swiftbrush/reference_step.ts: the same
+ *   math, optimiser steps and rules, the same UNet passes, no RxJS; the difference is the stream's
+ *   overhead);
  * - each operator's share of the step (the six operators + EMA, each wrapped in a timer, in a third
  *   composed stream of the same operators);
  * - UNet forward (no tape) and forward+backward (grads of every student weight) in ms;
@@ -27,12 +28,14 @@ import { mulberry32 } from '../src/util/rng.ts';
 import type { StepContext } from '../src/operators/context.ts';
 import { distill, toStepContext } from '../src/operators/pipeline.ts';
 import { createDistillState, disposeDistillState, OFFICIAL_DEFAULTS, resolveTeacherDirs, type DistillConfig, type DistillState } from '../src/operators/state.ts';
-import { latentShape, studentForward, studentX0 } from '../src/operators/student_forward.ts';
+import { studentForward } from '../src/operators/student_forward.ts';
 import { noiseAtT } from '../src/operators/noise_at_t.ts';
-import { guidedEpsilon, teacherCFG } from '../src/operators/teacher_cfg.ts';
-import { scoreGradient, stepOptimizer, studentGradients, vsdUpdate } from '../src/operators/vsd_update.ts';
+import { teacherCFG } from '../src/operators/teacher_cfg.ts';
+import { vsdUpdate } from '../src/operators/vsd_update.ts';
 import { noiseAtTPrime } from '../src/operators/noise_at_t_prime.ts';
-import { loraGradients, loraUpdate } from '../src/operators/lora_update.ts';
+import { loraUpdate } from '../src/operators/lora_update.ts';
+import { latentShape } from '../src/swiftbrush/math.ts';
+import { referenceStep } from '../src/swiftbrush/reference_step.ts';
 import { emaUpdate } from '../src/operators/ema_update.ts';
 import { ReplicaPool } from '../src/parallel/replica_pool.ts';
 import { FIXTURE_SCHEDULER, FIXTURE_UNET, median } from './common.ts';
@@ -72,7 +75,7 @@ export interface BenchResult {
   params: number;
   /** Median seconds per step: the real `distill` stream. */
   step_s: number;
-  /** Median seconds per step: the fused hand loop (same calls, no RxJS). */
+  /** Median seconds per step: the reference loop (same math and UNet passes, no RxJS). */
   fused_step_s: number;
   /**
    * The stream's overhead: the median over pairs of (stream step / fused step) − 1, where each pair
@@ -193,35 +196,18 @@ function timedOperator(name: string, op: OperatorFunction<StepContext, StepConte
   return (source) => op(source.pipe(tap(() => (t0 = performance.now())))).pipe(tap(() => list.push(performance.now() - t0)));
 }
 
-/** One SwiftBrush micro-batch (k = 1) as a plain loop: the operators' calls, in order, no RxJS. */
+/**
+ * One micro-batch of the reference loop (src/swiftbrush/reference_step.ts: the same math, optimiser
+ * steps, training rules and UNet passes as the stream, no RxJS), as its own window (k = 1),
+ * numbered like the stream numbers micro-step `microStep` at gradAccum 1.
+ */
 export function fusedStep(state: DistillState, microStep: number, batch: EmbeddingBatch): void {
-  const c = state.config;
   const y = tf.tensor3d(batch.embeds, batch.shape);
-  const z = state.draws.latents(microStep, [y.shape[0], ...latentShape(state)]);
-  const x0 = studentX0(state, z, y);
-  const timesteps = state.draws.timesteps(microStep, y.shape[0], c.tMin, c.tMax);
-  const noise = state.draws.noise(microStep, x0.shape);
-  const xt = state.schedule.addNoise(x0, noise, timesteps) as Tensor4D;
-  const epsTeacher = guidedEpsilon(state, false, xt, timesteps, y, c.guidanceScale);
-  const epsLora = guidedEpsilon(state, true, xt, timesteps, y, c.guidanceScale);
-  xt.dispose();
-  const g = scoreGradient(state, epsTeacher, epsLora, timesteps, noise);
-  tf.tidy(() => tf.mul(tf.mean(tf.square(g)), 0.5).dataSync()[0]);
-  const grads = studentGradients(state, z, y, g);
-  tf.dispose([epsTeacher, epsLora, z, noise, g]);
-  stepOptimizer(grads, c.maxGradNorm, (gr) => state.studentOptimizer.apply(gr));
-  const tp = state.draws.loraTimesteps(microStep, y.shape[0], 0, state.schedule.numTrainTimesteps - 1);
-  const noiseP = state.draws.loraNoise(microStep, x0.shape);
-  const useNull = state.draws.loraUsesNullPrompt(microStep, c.loraNullPromptProb);
-  const xtp = state.schedule.addNoise(x0, noiseP, tp) as Tensor4D;
-  const target = state.schedule.predictionType === 'v_prediction' ? (state.schedule.velocity(x0, noiseP, tp) as Tensor4D) : noiseP;
-  if (target !== noiseP) noiseP.dispose();
-  x0.dispose();
-  const condition = useNull ? (tf.tile(state.nullEmbeds, [y.shape[0], 1, 1]) as Tensor3D) : y;
-  const lora = loraGradients(state, xtp, tp, condition, target);
-  tf.dispose([xtp, target, y, ...(condition !== y ? [condition] : [])]);
-  stepOptimizer(lora.grads, c.maxGradNorm, (gr) => state.loraOptimizer.apply(gr));
-  state.ema?.update(state.ema.decayAt(state.loraOptimizer.step));
+  try {
+    referenceStep(state, microStep, { step: microStep, windowIndex: 0, closesWindow: true }, y);
+  } finally {
+    y.dispose();
+  }
 }
 
 async function withPipelineDir<T>(unet: string, scheduler: string | undefined, fn: (dir: string) => Promise<T>): Promise<T> {

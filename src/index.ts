@@ -14,11 +14,22 @@ export { tf } from './tf.ts';
 export { initBackend, requestedBackend, BACKEND_NAMES, type BackendName, type BackendChoice } from './backend.ts';
 
 // The job and the stream.
-export { runDistillation, exportStudent, type DistillRunOptions, type DistillRunResult } from './operators/run.ts';
+export { runDistillation, resolveRunSettings, exportStudent, type DistillRunOptions, type DistillRunResult } from './operators/run.ts';
+export { prepareRunFolder, type RunFolderOptions } from './operators/run_folder.ts';
+// The run's settings, defined once: types, ranges, defaults (what the CLI's flags and --config use).
+export { SETTINGS, SETTING_KEYS, RUN_DEFAULTS, checkSettings, distillConfig, resumeSettings, type RunSettings, type RunOptions, type Setting } from './swiftbrush/config.ts';
 export { distill, swiftbrushStep, toStepContext, oneAtATime, type DistillStreamOptions } from './operators/pipeline.ts';
 export { OFFICIAL_DEFAULTS, createDistillState, disposeDistillState, resolveTeacherDirs, updatesStudent, type DistillConfig, type DistillState } from './operators/state.ts';
-export { take, need, contextTensors, disposeContext, type StepContext, type StepTensors, type StepMetrics } from './operators/context.ts';
+export { take, need, createStepContext, contextTensors, disposeContext, type StepContext, type StepTensors, type StepMetrics } from './operators/context.ts';
 export { stepOperator } from './operators/operator.ts';
+
+// The step's math as plain functions (the operators wrap these), its random draws and a reference loop.
+export { latentShape, studentX0, guidedEpsilon, nanToNum, scoreGradient, vsdLossValue, studentGradients, loraTrainingSample, loraCondition, loraGradients } from './swiftbrush/math.ts';
+export { stepOptimizer, stepStudent, stepLora, flushStudent, flushLora, updateEma, lrFactor, type OptimizerStepResult } from './swiftbrush/optim_step.ts';
+export { windowPosition, finishWindow, type WindowPosition } from './swiftbrush/rules.ts';
+export { SeededDraws, GivenDraws, DRAW_KEYS, type Draws } from './swiftbrush/draws.ts';
+export type { StepObserver, ObservedTensor } from './swiftbrush/observer.ts';
+export { referenceStep, referenceRun, type ReferenceMetrics } from './swiftbrush/reference_step.ts';
 
 // The step's operators, in stream order, and the ones after the step.
 export { offloadToReplicas } from './operators/offload_to_replicas.ts';

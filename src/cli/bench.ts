@@ -3,7 +3,7 @@
  * each operator's share, UNet forward / forward+backward, peak RSS and tensor drift
  * (library: bench/step.ts). `npm run bench` = `swiftbrush bench --json`.
  */
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { initBackend } from '../backend.ts';
 import { FIXTURE_SCHEDULER, FIXTURE_UNET, runBench, type BenchOptions } from '../../bench/step.ts';
 import { backendOption, int } from './options.ts';
@@ -15,14 +15,14 @@ export function register(program: Command): void {
   program
     .command('bench')
     .description('benchmark one distillation step: stream vs fused loop, per-operator shares, UNet fwd/fwd+bwd, RSS, tensor drift')
-    .option('--unet <dir>', 'teacher pipeline folder (unet/ + scheduler/) or a bare unet folder', FIXTURE_UNET)
-    .option('--scheduler <dir>', 'scheduler folder when --unet is a bare unet folder', FIXTURE_SCHEDULER)
+    .addOption(new Option('--unet <dir>', 'teacher pipeline folder (unet/ + scheduler/) or a bare unet folder').default(FIXTURE_UNET, "the package's test/fixtures/diffusers-tiny-unet"))
+    .addOption(new Option('--scheduler <dir>', 'scheduler folder when --unet is a bare unet folder').default(FIXTURE_SCHEDULER, "the package's test/fixtures/diffusers-scheduler"))
     .option('--batch-size <n>', 'prompts per step', int(1), 8)
     .option('--steps <n>', 'timed steps per mode (stream, fused, per-operator)', int(1), 20)
     .option('--warmup <n>', 'untimed steps per mode first', int(1), 3)
     .option('--round <n>', 'steps per interleaved round', int(1), 5)
     .option('--unet-reps <n>', 'timed UNet forward / forward+backward repetitions', int(1), 10)
-    .option('--embeddings <file>', 'Parquet file whose "" row is the null prompt', DEFAULT_EMBEDDINGS)
+    .addOption(new Option('--embeddings <file>', 'Parquet file whose "" row is the null prompt').default(DEFAULT_EMBEDDINGS, 'the shipped data/embeddings.parquet'))
     .option('--replicas <n>', 'also time the step split over n data-parallel threads (n micro-batches of B/n, --replicas n --grad-accum n); 1 = skip', int(1), 1)
     .option('--mpi', 'under mpirun -np N: time the distillation step over N processes instead (step time, all-reduce share, bytes per step; docs/mpi.md)')
     .option('--grad-accum <k>', 'with --mpi: micro-batches per process per optimiser step', int(1), 1)

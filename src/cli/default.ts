@@ -2,10 +2,11 @@
  * `swiftbrush default` (what `npm start` runs): distils the shipped MNIST teacher (data/teacher) on
  * the shipped embeddings (data/embeddings.parquet) with defaults tuned on this problem, evaluates
  * the student against the teacher's cached figures (data/teacher/eval.json), and prints the table
- * and the comparison grid's path. Everything lands in runs/default/ (started afresh unless --resume).
+ * and the comparison grid's path. Everything lands in runs/default/ (`npm start` passes --overwrite:
+ * a previous default run there is replaced; --resume continues it instead).
  */
 import { existsSync } from 'node:fs';
-import { cp, readFile, rm } from 'node:fs/promises';
+import { cp, readFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
@@ -20,6 +21,8 @@ import { Scorer } from '../mnist/score.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 import { log } from '../log.ts';
 import { backendOption, int } from './options.ts';
+import { stopOnSignals, reportStop } from './signals.ts';
+import { prepareRunFolder } from '../operators/run_folder.ts';
 import { DEFAULT_EMBEDDINGS, DEFAULT_TEACHER } from '../default_data.ts';
 
 export { DEFAULT_EMBEDDINGS, DEFAULT_TEACHER } from '../default_data.ts';
@@ -89,49 +92,52 @@ export function register(program: Command): void {
   program
     .command('default')
     .description('npm start: distil the shipped MNIST teacher to one step, then evaluate it against the teacher')
-    .option('--out <dir>', 'run folder', 'runs/default')
+    .option('--out <dir>', 'run folder: a new folder, or a previous `default` run (with --resume or --overwrite)', 'runs/default')
     .option('--steps <n>', 'optimiser steps', int(1), DEFAULT_RUN.steps)
-    .option('--n <n>', 'evaluation samples', int(1), 1000)
+    .option('--n <n>', 'evaluation samples (stratified over the 90 prompts; FD needs ≥ 500 to compare runs)', int(1), 1000)
     .option('--max-minutes <m>', 'wall-clock budget of the distillation; past it the run checkpoints and stops early (so npm start stays within 15 minutes on slow machines)', Number, 12)
-    .option('--resume', 'continue runs/default instead of starting afresh')
+    .option('--resume', 'continue the run in --out from its newest checkpoint (wins over --overwrite)')
+    .option('--overwrite', 'start afresh over a previous `default` run in --out, removing only its files (npm start passes it)')
     .addOption(backendOption())
-    .action(async (o: { out: string; steps: number; n: number; maxMinutes: number; resume?: boolean; backend?: string }) => {
+    .action(async (o: { out: string; steps: number; n: number; maxMinutes: number; resume?: boolean; overwrite?: boolean; backend?: string }, cmd: Command) => {
       if (!existsSync(join(DEFAULT_TEACHER, 'unet', 'config.json'))) {
         throw new Error(`the shipped teacher is missing: ${DEFAULT_TEACHER}/unet/config.json (train one with \`swiftbrush train-teacher\`)`);
       }
+      await prepareRunFolder(o.out, { command: 'default', resume: o.resume, overwrite: o.overwrite && !o.resume });
       const backend = await initBackend(o.backend);
       log.info({ backend: backend.backend, provider: backend.provider, skipped: backend.skipped.map((s) => s.candidate) }, 'backend');
-      if (!o.resume) await rm(o.out, { recursive: true, force: true });
-      let stop = false;
-      process.once('SIGINT', () => (stop = true));
-      process.once('SIGTERM', () => (stop = true));
+      const signals = stopOnSignals('a checkpoint is written at the end of this optimiser step, then the run exits without evaluating');
       const t0 = performance.now();
       const overBudget = () => (performance.now() - t0) / 60_000 > o.maxMinutes;
       const replicas = defaultReplicas(backend.backend, DEFAULT_RUN.config.gradAccum);
       const scorer = await Scorer.create();
-      const conditions = await mnistConditions(DEFAULT_EMBEDDINGS);
       const bestDir = join(o.out, 'best');
+      const resumeCommand = `npx swiftbrush default${o.out === 'runs/default' ? '' : ` --out ${o.out}`} --resume`;
       try {
+        const conditions = await mnistConditions(DEFAULT_EMBEDDINGS);
         const result = await runDistillation({
           teacher: DEFAULT_TEACHER,
           embeddings: DEFAULT_EMBEDDINGS,
           out: o.out,
-          steps: o.steps,
-          config: { ...DEFAULT_RUN.config, replicas },
-          checkpointEvery: 50,
-          checkpointsTotalLimit: 2,
-          validationEvery: 50,
+          // --steps counts only when given: a resumed run keeps its own otherwise.
+          steps: cmd.getOptionValueSource('steps') === 'cli' ? o.steps : undefined,
+          config: { replicas },
+          defaults: { ...DEFAULT_RUN.config, steps: DEFAULT_RUN.steps, checkpointEvery: 50, checkpointsTotalLimit: 2, validationEvery: 50 },
           resume: Boolean(o.resume),
-          stopRequested: () => stop || overBudget(),
+          stopRequested: () => signals.requested() || overBudget(),
           operators: (state) => [keepBestStudent(state, { out: bestDir, every: DEFAULT_RUN.validateEvery, n: DEFAULT_RUN.validationN, seed: DEFAULT_RUN.validationSeed, conditions, scorer })],
         });
-        if (result.stoppedEarly) log.warn({ step: result.step, of: o.steps, maxMinutes: o.maxMinutes }, 'distillation stopped before its last step (time budget or signal); `npx swiftbrush default --resume` continues it');
+        // From here on a signal ends the process at once: nothing is left to save.
+        signals.dispose();
+        if (reportStop(signals, result.step, resumeCommand)) return;
+        const steps = JSON.parse(await readFile(join(o.out, 'config.json'), 'utf8')).steps as number;
+        if (result.stoppedEarly) log.warn({ step: result.step, of: steps, maxMinutes: o.maxMinutes }, `distillation stopped before its last step (time budget); \`${resumeCommand}\` continues it`);
         const distillSeconds = (performance.now() - t0) / 1000;
         // The best validated student (kept beside the last one, `student/`), as a pipeline folder.
         const best = existsSync(join(bestDir, 'unet', 'config.json')) ? JSON.parse(await readFile(join(bestDir, 'best.json'), 'utf8')) as Validated : null;
         if (best) await cp(join(DEFAULT_TEACHER, 'scheduler'), join(bestDir, 'scheduler'), { recursive: true });
         const evaluated = best ? bestDir : result.studentDir;
-        log.info({ student: evaluated, step: best?.step ?? result.step, validationFd: best?.fd }, 'evaluating the best validated student');
+        log.info({ student: evaluated, step: best?.step ?? result.step, validationFd: best?.fd }, best ? 'evaluating the best validated student' : 'evaluating the last student (no validation ran)');
         const evaluation = await evaluateModels({ teacher: DEFAULT_TEACHER, student: evaluated, n: o.n, embeddings: DEFAULT_EMBEDDINGS, gridPath: join(o.out, 'grid.png'), only: undefined, scorer });
         await writeJsonAtomic(join(o.out, 'eval.json'), evaluation.report);
         // The cached teacher figures may come from another backend: time its 25-step sampling here too.
@@ -140,9 +146,16 @@ export function register(program: Command): void {
         const totalSeconds = (performance.now() - t0) / 1000;
         process.stdout.write(`\n${markdownTable(evaluation.report, evaluation.reused)}\n\n`);
         if (speed.ratio !== null) process.stdout.write(`same backend (${speed.backend}): student 1 step ${speed.student_samples_per_s!.toFixed(2)} samples/s, teacher DDIM 25 + CFG ${speed.teacher_ddim25_samples_per_s.toFixed(2)} samples/s (${TEACHER_SPEED_SAMPLES} samples): ${speed.ratio.toFixed(1)}x\n`);
-        process.stdout.write(`distillation: ${result.step}/${o.steps} steps in ${(distillSeconds / 60).toFixed(1)} min; with evaluation ${(totalSeconds / 60).toFixed(1)} min (${backend.backend})\n`);
-        process.stdout.write(`grid: ${evaluation.grid ?? join(o.out, 'grid.png')}\nstudent (best validated, step ${best?.step ?? result.step}): ${evaluated}\nlast student: ${result.studentDir}\nvalidations: ${join(bestDir, 'validation.jsonl')}\nmetrics: ${join(o.out, 'metrics.jsonl')}\n`);
+        process.stdout.write(`distillation: ${result.step}/${steps} steps in ${(distillSeconds / 60).toFixed(1)} min; with evaluation ${(totalSeconds / 60).toFixed(1)} min (${backend.backend})\n`);
+        const validations = join(bestDir, 'validation.jsonl');
+        process.stdout.write(
+          `grid: ${evaluation.grid ?? join(o.out, 'grid.png')}\n` +
+            (best ? `student (best validated, step ${best.step}): ${evaluated}\nlast student: ${result.studentDir}\n` : `student (last, step ${result.step}; no validation ran): ${evaluated}\n`) +
+            (existsSync(validations) ? `validations: ${validations}\n` : '') +
+            `metrics: ${join(o.out, 'metrics.jsonl')}\n`,
+        );
       } finally {
+        signals.dispose();
         scorer.dispose();
       }
     });

@@ -63,8 +63,8 @@ export function register(program: Command): void {
   program
     .command('embed')
     .description('encode prompts (one per line) with the frozen MNIST text encoder into an embedding Parquet (+ the null prompt "")')
-    .requiredOption('--prompts <file>', 'prompts, one per line')
-    .requiredOption('--out <file>', 'output .parquet')
+    .requiredOption('--prompts <file>', 'prompts, one per line (required)')
+    .requiredOption('--out <file>', 'output .parquet (required)')
     .option('--seed <n>', 'text encoder seed (data/embeddings.parquet uses the default)', int(0), ENCODER_SEED)
     .option('--no-null-prompt', 'do not append the null prompt "" as the last row')
     .option('--write-mnist-prompts', 'first write the 90 MNIST prompts to the --prompts file')

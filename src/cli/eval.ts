@@ -1,5 +1,5 @@
 /**
- * `swiftbrush eval --teacher DIR --student DIR [--n 1000] [--guidance-scale W] [--json] [--out FILE]
+ * `swiftbrush eval --teacher DIR --student DIR [--n 1000 (stratified by prompt)] [--guidance-scale W] [--json] [--out FILE]
  * [--only teacher|student] [--recompute-teacher]`: teacher DDIM 25 + CFG, teacher 1 step and student
  * 1 step over the 90 MNIST prompts, scored (FD, digit / thickness / slant accuracy, samples/s).
  * Prints the JSON object `{ teacher_ddim25, teacher_1step, student_1step }` on stdout (one line with
@@ -16,7 +16,7 @@ import { dirname, join } from 'node:path';
 import { initBackend } from '../backend.ts';
 import { log } from '../log.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
-import { DEFAULT_EMBEDDINGS, DEFAULT_TEACHER_GUIDANCE, TEACHER_SAMPLES_NAME, evaluateModels, markdownTable } from '../eval/evaluate.ts';
+import { DEFAULT_EMBEDDINGS, DEFAULT_TEACHER_GUIDANCE, MIN_FD_SAMPLES, TEACHER_SAMPLES_NAME, evaluateModels, markdownTable } from '../eval/evaluate.ts';
 import { backendOption, float, int } from './options.ts';
 
 interface EvalCliOptions {
@@ -40,14 +40,14 @@ export function register(program: Command): void {
   program
     .command('eval')
     .description('score teacher DDIM-25 + CFG, teacher 1 step and student 1 step on the MNIST prompts (FD, accuracies, samples/s)')
-    .requiredOption('--teacher <dir>', 'teacher pipeline folder (unet/ + scheduler/)')
+    .requiredOption('--teacher <dir>', 'teacher pipeline folder (unet/ + scheduler/) (required)')
     .option('--student <dir>', 'student pipeline or UNet folder (scheduler falls back to the teacher\'s)')
-    .option('--n <n>', 'samples per model, round-robin over the 90 prompts', int(2), 1000)
+    .option('--n <n>', `samples per model, stratified over the 90 prompts (FD needs n ≥ ${MIN_FD_SAMPLES} to compare models)`, int(2), 1000)
     .option('--guidance-scale <w>', 'CFG scale of the teacher\'s DDIM baseline', float, DEFAULT_TEACHER_GUIDANCE)
     .option('--teacher-steps <n>', 'DDIM steps of the teacher baseline', int(2), 25)
     .option('--seed <n>', 'noise seed (sample i uses (seed, i); all models share it)', int(0), 0)
     .option('--batch-size <n>', 'samples per UNet call', int(1), 32)
-    .option('--embeddings <file>', 'embedding Parquet with the 90 prompts and ""', DEFAULT_EMBEDDINGS)
+    .addOption(new Option('--embeddings <file>', 'embedding Parquet with the 90 prompts and ""').default(DEFAULT_EMBEDDINGS, 'the shipped data/embeddings.parquet'))
     .option('--json', 'print the JSON object on one line')
     .option('--out <file>', 'write the JSON object here (the grid goes beside it as grid.png)')
     .option('--grid <file>', 'comparison grid path (default: grid.png beside --out)')

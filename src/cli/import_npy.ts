@@ -12,9 +12,9 @@ export function register(program: Command): void {
   program
     .command('import-npy')
     .description('convert prompts.txt + a folder of {i}.npy embeddings (official SwiftBrush layout) to Parquet')
-    .requiredOption('--prompts <file>', 'prompts file, one prompt a line (line i ↔ DIR/{i}.npy)')
+    .requiredOption('--prompts <file>', 'prompts file, one prompt a line (line i ↔ DIR/{i}.npy) (required)')
     .option('--dir <dir>', 'folder of {i}.npy (default: the prompts file path without .txt)')
-    .requiredOption('--out <file>', 'output .parquet')
+    .requiredOption('--out <file>', 'output .parquet (required)')
     .option('--null-npy <file>', 'embedding of the empty prompt, stored as a row with prompt ""')
     .option('--row-group-size <n>', 'rows per row group', int(1), 1024)
     .addOption(new Option('--compression <codec>', 'Parquet compression').choices(['snappy', 'zstd', 'none']).default('snappy'))

@@ -13,7 +13,7 @@ const { version } = require('../../package.json') as { version: string };
 const program = new Command('swiftbrush')
   .description('SwiftBrush one-step diffusion distillation as a reactive stream (TensorFlow.js + RxJS)')
   .version(version)
-  .showHelpAfterError()
+  .showHelpAfterError('(add --help for usage)')
   .exitOverride();
 
 for (const register of COMMANDS) register(program);

@@ -10,13 +10,14 @@
  * (guidance default DEFAULT_DDIM_GUIDANCE). See src/eval/sampling.ts.
  */
 import type { Command } from 'commander';
+import { existsSync, statSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { initBackend } from '../backend.ts';
 import { log } from '../log.ts';
 import { writeSafetensors } from '../models/safetensors.ts';
 import { writeImageGrid } from '../util/png.ts';
-import { generate, loadPipeline, nhwcToNchw, promptRows, readNullPrompt, readPromptEmbeddings } from '../eval/sampling.ts';
+import { generate, loadPipeline, nhwcToNchw, promptRows, readNullPrompt, readPromptEmbeddings, unetWidth } from '../eval/sampling.ts';
 import { backendOption, float, int } from './options.ts';
 
 /** CFG scale of multi-step (DDIM) sampling when none is given; one-step sampling defaults to 1. */
@@ -49,8 +50,11 @@ export interface SampleResult {
 export async function sampleToDir(o: SampleOptions): Promise<SampleResult> {
   const steps = o.steps ?? 1;
   const guidanceScale = o.guidanceScale ?? (steps === 1 ? 1 : DEFAULT_DDIM_GUIDANCE);
-  const { prompts, embeds, shape } = await readPromptEmbeddings(o.embeddings, o.limit);
-  const nullEmbed = guidanceScale !== 1 ? await readNullPrompt(o.embeddings) : undefined;
+  if (existsSync(o.out) && !statSync(o.out).isDirectory()) throw new Error(`--out ${o.out} is a file, not a folder: name a folder for images.safetensors, prompts.txt and grid.png`);
+  // Shapes before any work: the embeddings' width against the UNet's cross_attention_dim.
+  const model = await unetWidth(o.unet);
+  const { prompts, embeds, shape } = await readPromptEmbeddings(o.embeddings, o.limit, model);
+  const nullEmbed = guidanceScale !== 1 ? await readNullPrompt(o.embeddings, model.width) : undefined;
   const n = o.n ?? prompts.length;
   const promptIndex = Int32Array.from({ length: n }, (_, i) => i % prompts.length);
   const { unet, schedule, schedulerSource } = await loadPipeline(o.unet);
@@ -87,9 +91,9 @@ export function register(program: Command): void {
   program
     .command('sample')
     .description('generate images from a diffusers UNet (one step: SwiftBrush x0 at t=T-1; N steps: DDIM with classifier-free guidance)')
-    .requiredOption('--unet <dir>', 'pipeline folder (unet/ + scheduler/) or UNet folder (scheduler in ../scheduler)')
-    .requiredOption('--embeddings <file>', 'embedding Parquet (prompts; the "" row is the null prompt for guidance)')
-    .requiredOption('--out <dir>', 'output folder: images.safetensors, prompts.txt, grid.png')
+    .requiredOption('--unet <dir>', 'pipeline folder (unet/ + scheduler/) or UNet folder (scheduler in ../scheduler) (required)')
+    .requiredOption('--embeddings <file>', 'embedding Parquet (prompts; the "" row is the null prompt for guidance) (required)')
+    .requiredOption('--out <dir>', 'output folder: images.safetensors, prompts.txt, grid.png (required)')
     .option('--steps <n>', '1 = one-step generator; N > 1 = DDIM steps', int(1), 1)
     .option('--guidance-scale <w>', `classifier-free guidance (default: 1 for --steps 1, ${DEFAULT_DDIM_GUIDANCE} for DDIM)`, float)
     .option('--seed <n>', 'noise seed (sample i uses (seed, i))', int(0), 0)

@@ -4,6 +4,7 @@ import { initBackend } from '../backend.ts';
 import { trainTeacher } from '../mnist/teacher.ts';
 import { log } from '../log.ts';
 import { backendOption, float, int } from './options.ts';
+import { reportStop, stopOnSignals } from './signals.ts';
 
 export function register(program: Command): void {
   program
@@ -24,22 +25,23 @@ export function register(program: Command): void {
     .action(async (o: { out: string; steps: number; batchSize: number; lr: number; seed: number; condDropout: number; emaDecay: number; maxGradNorm: number; checkpointEvery: number; checkpointsTotalLimit: number; resume?: boolean; backend?: string }) => {
       const backend = await initBackend(o.backend);
       log.info({ backend: backend.backend }, 'backend');
-      let stop = false;
-      const onSignal = () => {
-        log.warn('signal received: saving a checkpoint after this step');
-        stop = true;
-      };
-      process.once('SIGINT', onSignal);
-      process.once('SIGTERM', onSignal);
+      const signals = stopOnSignals('a checkpoint is written after this step, then training exits');
       let ema = 0;
-      await trainTeacher({
-        ...o,
-        resume: Boolean(o.resume),
-        shouldStop: () => stop,
-        onStep: ({ step, loss, gradNorm, secondsPerStep }) => {
-          ema = ema ? 0.98 * ema + 0.02 * loss : loss;
-          if (step % 20 === 0 || step <= 3) log.info({ step, loss: +ema.toFixed(5), gradNorm: +gradNorm.toFixed(3), s_per_step: +secondsPerStep.toFixed(3) }, 'teacher');
-        },
-      });
+      let last = 0;
+      try {
+        await trainTeacher({
+          ...o,
+          resume: Boolean(o.resume),
+          shouldStop: signals.requested,
+          onStep: ({ step, loss, gradNorm, secondsPerStep }) => {
+            ema = ema ? 0.98 * ema + 0.02 * loss : loss;
+            last = step;
+            if (step % 20 === 0 || step <= 3) log.info({ step, loss: +ema.toFixed(5), gradNorm: +gradNorm.toFixed(3), s_per_step: +secondsPerStep.toFixed(3) }, 'teacher');
+          },
+        });
+        reportStop(signals, last, `npx swiftbrush train-teacher --out ${o.out} --resume`);
+      } finally {
+        signals.dispose();
+      }
     });
 }

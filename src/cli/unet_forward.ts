@@ -114,9 +114,9 @@ export function register(program: Command): void {
   program
     .command('unet-forward')
     .description('run a diffusers UNet2DConditionModel folder on sample/timestep/encoder_hidden_states (NCHW safetensors) and write `out` (NCHW float32)')
-    .requiredOption('--unet <dir>', 'folder with config.json and diffusion_pytorch_model.safetensors')
-    .requiredOption('--inputs <file>', 'safetensors with sample [B,C,H,W], timestep [B] (or scalar), encoder_hidden_states [B,L,D]')
-    .requiredOption('--out <file>', 'output safetensors (tensor `out`, [B,C,H,W] float32)')
+    .requiredOption('--unet <dir>', 'folder with config.json and diffusion_pytorch_model.safetensors (required)')
+    .requiredOption('--inputs <file>', 'safetensors with sample [B,C,H,W], timestep [B] (or scalar), encoder_hidden_states [B,L,D] (required)')
+    .requiredOption('--out <file>', 'output safetensors (tensor `out`, [B,C,H,W] float32) (required)')
     .option('--batch-size <n>', 'samples per forward pass (default: the whole batch)', int(1))
     .addOption(backendOption())
     .action(async (opts: UnetForwardOptions & { backend?: string }) => {

@@ -1,6 +1,6 @@
 /**
- * The embedded default's evaluation: N samples round-robin over the 90 MNIST prompts (sample i has
- * prompt i mod 90 and noise seeded by (seed, i)) from
+ * The embedded default's evaluation: N samples stratified over the 90 MNIST prompts
+ * (`stratifiedPromptIndex`; sample i has noise seeded by (seed, i)) from
  *   teacher_ddim25: the teacher, DDIM `teacherSteps` (25) steps with CFG `guidanceScale`,
  *   teacher_1step:  the teacher, one step x0 = (z − √(1−ᾱ_999) ε(z, 999, y)) / √ᾱ_999, no guidance,
  *   student_1step:  the student, the same one-step formula, no guidance (w = 1: guidance is distilled in),
@@ -15,11 +15,11 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { log } from '../log.ts';
-import { NUM_PROMPTS, PROMPTS, parsePrompt } from '../mnist/prompts.ts';
+import { NUM_PROMPTS, PROMPTS, parsePrompt, promptIndexOf } from '../mnist/prompts.ts';
 import { Scorer } from '../mnist/score.ts';
 import { writeImageGrid } from '../util/png.ts';
 import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
-import { generate, loadPipeline, readNullPrompt, readPromptEmbeddings, type Pipeline, PIXEL_RANGE } from './sampling.ts';
+import { generate, loadPipeline, readNullPrompt, readPromptEmbeddings, unetWidth, type Pipeline, PIXEL_RANGE } from './sampling.ts';
 import { NoiseSchedule } from '../models/schedule.ts';
 import { resolveTeacherDirs } from '../operators/state.ts';
 import { DEFAULT_EMBEDDINGS } from '../default_data.ts';
@@ -82,9 +82,12 @@ export interface Conditions {
   nullEmbed: Float32Array;
 }
 
-/** The 90 prompts' embeddings in PROMPTS order (rows matched by text) and the null prompt. */
-export async function mnistConditions(file: string): Promise<Conditions> {
-  const { prompts, embeds, shape } = await readPromptEmbeddings(file);
+/**
+ * The 90 prompts' embeddings in PROMPTS order (rows matched by text) and the null prompt. `model`:
+ * the UNet's width, checked against the file (and D of a file without shape metadata).
+ */
+export async function mnistConditions(file: string, model?: { width: number; model: string }): Promise<Conditions> {
+  const { prompts, embeds, shape } = await readPromptEmbeddings(file, Infinity, model);
   const per = shape[0] * shape[1];
   const out = new Float32Array(NUM_PROMPTS * per);
   const seen = new Set<number>();
@@ -96,7 +99,27 @@ export async function mnistConditions(file: string): Promise<Conditions> {
   });
   const missing = PROMPTS.filter((p) => !seen.has(p.index));
   if (missing.length) throw new Error(`${file}: ${missing.length} of the ${NUM_PROMPTS} MNIST prompts are missing (e.g. "${missing[0]!.text}")`);
-  return { embeds: out, shape, nullEmbed: await readNullPrompt(file) };
+  return { embeds: out, shape, nullEmbed: await readNullPrompt(file, model?.width) };
+}
+
+/** Below this many samples an FD is biased upwards enough that runs are not comparable (FID practice: ≥ 500, best 10k). */
+export const MIN_FD_SAMPLES = 500;
+
+/** (thickness, slant) bins in an order whose every prefix of 3 holds each bin once (a Latin square's rows). */
+const STYLE_ORDER: [number, number][] = [[0, 0], [1, 1], [2, 2], [0, 1], [1, 2], [2, 0], [0, 2], [1, 0], [2, 1]];
+
+/**
+ * The prompt of each of n evaluation samples, stratified by prompt. n ≥ 90: round robin, sample i
+ * has prompt i mod 90 (every prompt ⌊n/90⌋ or ⌈n/90⌉ times; the teacher's cached figures use this
+ * order). n < 90: n distinct prompts spread over the set, digits first, then thickness and slant
+ * (n = 30: every digit three times, each with every thickness and every slant once).
+ */
+export function stratifiedPromptIndex(n: number): Int32Array {
+  if (n >= NUM_PROMPTS) return Int32Array.from({ length: n }, (_, i) => i % NUM_PROMPTS);
+  return Int32Array.from({ length: n }, (_, j) => {
+    const [thickness, slant] = STYLE_ORDER[Math.floor(j / 10)]!;
+    return promptIndexOf(j % 10, thickness, slant);
+  });
 }
 
 /** Reads cached teacher figures, or undefined when absent / unusable. */
@@ -148,8 +171,14 @@ export async function evaluateModels(o: EvaluateOptions): Promise<EvaluateResult
   const doStudent = o.only !== 'teacher';
   if (doStudent && !o.student) throw new Error('evaluate: a student folder is required (or only: "teacher")');
   if (n < 2) throw new Error(`evaluate: n must be at least 2, got ${n}`);
-  const cond = await mnistConditions(o.embeddings ?? DEFAULT_EMBEDDINGS);
-  const promptIndex = Int32Array.from({ length: n }, (_, i) => i % NUM_PROMPTS);
+  // Shapes before any work: the embeddings against the teacher's (and the student's) width.
+  const teacherModel = await unetWidth(o.teacher);
+  if (doStudent) {
+    const studentModel = await unetWidth(o.student!);
+    if (studentModel.width !== teacherModel.width) throw new Error(`the student ${studentModel.model} has cross_attention_dim ${studentModel.width} but the teacher ${teacherModel.model} has ${teacherModel.width}: they take different text embeddings`);
+  }
+  const cond = await mnistConditions(o.embeddings ?? DEFAULT_EMBEDDINGS, teacherModel);
+  const promptIndex = stratifiedPromptIndex(n);
   const scorer = o.scorer ?? (await Scorer.create({ classifierDir: o.classifierDir }));
   const report: EvalReport = {};
   const reused: ModelKey[] = [];
@@ -251,15 +280,18 @@ export function markdownTable(report: EvalReport, reused: readonly ModelKey[] = 
   const lines = ['| model | FD ↓ | digit acc | thickness acc | slant acc | samples/s | n |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: |'];
   for (const k of MODEL_KEYS) {
     const m = report[k];
-    if (m) lines.push(`| ${k} | ${f(m.fd, 2)} | ${f(m.digit_acc, 3)} | ${f(m.thickness_acc, 3)} | ${f(m.slant_acc, 3)} | ${f(m.samples_per_s, 2)} | ${m.n} |`);
+    if (m) lines.push(`| ${k} | ${f(m.fd, 2)}${m.n < MIN_FD_SAMPLES ? '*' : ''} | ${f(m.digit_acc, 3)} | ${f(m.thickness_acc, 3)} | ${f(m.slant_acc, 3)} | ${f(m.samples_per_s, 2)} | ${m.n} |`);
   }
+  const small = MODEL_KEYS.map((k) => report[k]?.n).filter((n): n is number => n !== undefined && n < MIN_FD_SAMPLES);
+  if (small.length) lines.push('', `* FD over n = ${Math.min(...small)} samples: biased upwards at small n and not comparable with FDs at another n; use n ≥ ${MIN_FD_SAMPLES} (the same n) to compare models`);
   const t = report.teacher_ddim25;
   const s = report.student_1step;
   if (t && s) {
     const speed = reused.includes('teacher_ddim25')
       ? "sampling speeds not compared: the teacher's samples/s is cached from its eval.json"
       : `student sampling ${f(s.samples_per_s / t.samples_per_s, 1)}x the teacher's 25-step samples/s`;
-    lines.push('', `student/teacher FD ratio ${f(s.fd / t.fd, 2)}; ${speed}`);
+    const ratioNote = Math.min(s.n, t.n) < MIN_FD_SAMPLES ? ` (n = ${Math.min(s.n, t.n)} < ${MIN_FD_SAMPLES}: not meaningful)` : '';
+    lines.push('', `student/teacher FD ratio ${f(s.fd / t.fd, 2)}${ratioNote}; ${speed}`);
   }
   return lines.join('\n') + '\n';
 }

@@ -24,7 +24,8 @@ import { NoiseSchedule } from '../models/schedule.ts';
 import { ddimSample } from '../models/ddim.ts';
 import { mixSeed } from '../util/rng.ts';
 import { EmbeddingFile } from '../streams/parquet.ts';
-import { expandFiles, readNullEmbedding } from '../streams/reader.ts';
+import { checkEmbeddingWidth, expandFiles, modelWidth, readNullEmbedding } from '../streams/reader.ts';
+import { readFile } from 'node:fs/promises';
 
 export const PIXEL_RANGE: [number, number] = [-1, 1];
 const SCHEDULER_CONFIG = 'scheduler_config.json';
@@ -84,13 +85,28 @@ export interface PromptEmbeddings {
   shape: [number, number];
 }
 
-/** The non-null prompts of an embedding Parquet file (or list / glob), in file order, at most `limit`. */
-export async function readPromptEmbeddings(spec: string, limit = Infinity): Promise<PromptEmbeddings> {
+/** The width D a UNet takes (its cross_attention_dim), read from the config of a pipeline or UNet folder. */
+export async function unetWidth(dir: string): Promise<{ width: number; model: string }> {
+  const path = existsSync(join(dir, 'unet', CONFIG_NAME)) ? join(dir, 'unet', CONFIG_NAME) : join(dir, CONFIG_NAME);
+  if (!existsSync(path)) throw new Error(`${dir}: neither a pipeline folder (unet/${CONFIG_NAME}) nor a UNet folder (${CONFIG_NAME})`);
+  const config = JSON.parse(await readFile(path, 'utf8')) as { cross_attention_dim?: number | number[] };
+  if (config.cross_attention_dim === undefined) throw new Error(`${path}: no cross_attention_dim`);
+  return { width: modelWidth(config.cross_attention_dim, path), model: path };
+}
+
+/**
+ * The non-null prompts of an embedding Parquet file (or list / glob), in file order, at most
+ * `limit`. With `model` (the UNet's width), every file is checked against it first, and files
+ * without shape metadata take D from it.
+ */
+export async function readPromptEmbeddings(spec: string, limit = Infinity, model?: { width: number; model: string }): Promise<PromptEmbeddings> {
   const prompts: string[] = [];
   const chunks: Float32Array[] = [];
   let shape: [number, number] | undefined;
-  for (const path of expandFiles(spec)) {
-    const f = await EmbeddingFile.open(path);
+  const files = expandFiles(spec);
+  if (model) await checkEmbeddingWidth(files, model.width, model.model);
+  for (const path of files) {
+    const f = await EmbeddingFile.open(path, { width: model?.width });
     try {
       if (shape && f.info.shape.join() !== shape.join()) throw new Error(`${path}: embedding shape [${f.info.shape}] differs from [${shape}] of the files before it`);
       shape = f.info.shape;
@@ -115,9 +131,9 @@ export async function readPromptEmbeddings(spec: string, limit = Infinity): Prom
   return { prompts, embeds, shape };
 }
 
-/** The null-prompt ("") embedding of the file(s), [L, D]. */
-export async function readNullPrompt(spec: string): Promise<Float32Array> {
-  return (await readNullEmbedding(expandFiles(spec))).embeds;
+/** The null-prompt ("") embedding of the file(s), [L, D]; `width`: the UNet's, for files without shape metadata. */
+export async function readNullPrompt(spec: string, width?: number): Promise<Float32Array> {
+  return (await readNullEmbedding(expandFiles(spec), { width })).embeds;
 }
 
 /** N(0, I) of sample `index` under `seed`: the same values whatever the batch. */

@@ -6,10 +6,10 @@ import type { OperatorFunction } from 'rxjs';
 import type { StepContext } from './context.ts';
 import { stepOperator } from './operator.ts';
 import type { DistillState } from './state.ts';
+import { updateEma } from '../swiftbrush/optim_step.ts';
 
 export function emaUpdate(state: DistillState): OperatorFunction<StepContext, StepContext> {
   return stepOperator((ctx) => {
-    if (!state.ema || !ctx.closesWindow) return;
-    state.ema.update(state.ema.decayAt(ctx.step));
+    if (ctx.closesWindow) updateEma(state, ctx.step);
   });
 }

@@ -8,7 +8,8 @@ import type { Tensor4D } from '../tf.ts';
 import type { StepContext } from './context.ts';
 import { need } from './context.ts';
 import { stepOperator } from './operator.ts';
-import { updatesStudent, type DistillState } from './state.ts';
+import type { DistillState } from './state.ts';
+import { updatesStudent } from '../swiftbrush/rules.ts';
 
 export function noiseAtT(state: DistillState): OperatorFunction<StepContext, StepContext> {
   const { tMin, tMax } = state.config;

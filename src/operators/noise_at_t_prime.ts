@@ -7,12 +7,11 @@
  * v-prediction teacher), `ctx.loraTimesteps`, `ctx.loraUsesNullPrompt`.
  */
 import type { OperatorFunction } from 'rxjs';
-import { tf } from '../tf.ts';
-import type { Tensor4D } from '../tf.ts';
 import type { StepContext } from './context.ts';
 import { take } from './context.ts';
 import { stepOperator } from './operator.ts';
 import type { DistillState } from './state.ts';
+import { loraTrainingSample } from '../swiftbrush/math.ts';
 
 export function noiseAtTPrime(state: DistillState): OperatorFunction<StepContext, StepContext> {
   return stepOperator((ctx) => {
@@ -23,19 +22,12 @@ export function noiseAtTPrime(state: DistillState): OperatorFunction<StepContext
       const noise = state.draws.loraNoise(ctx.microStep, x0.shape);
       ctx.loraTimesteps = timesteps;
       ctx.loraUsesNullPrompt = state.draws.loraUsesNullPrompt(ctx.microStep, state.config.loraNullPromptProb);
-      ctx.tensors.loraNoisyX0 = state.schedule.addNoise(x0, noise, timesteps) as Tensor4D;
-      state.observe?.('loraNoisyX0', ctx.tensors.loraNoisyX0);
-      if (state.schedule.predictionType === 'v_prediction') {
-        ctx.tensors.loraTarget = state.schedule.velocity(x0, noise, timesteps) as Tensor4D;
-        noise.dispose();
-      } else if (state.schedule.predictionType === 'epsilon') {
-        ctx.tensors.loraTarget = noise;
-      } else {
-        noise.dispose();
-        throw new Error(`noiseAtTPrime: prediction_type '${state.schedule.predictionType}' is not supported for the LoRA teacher (epsilon or v_prediction)`);
-      }
+      const { xt, target } = loraTrainingSample(state, x0, noise, timesteps);
+      ctx.tensors.loraNoisyX0 = xt;
+      ctx.tensors.loraTarget = target;
+      state.observe?.('loraNoisyX0', xt);
     } finally {
-      tf.dispose(x0);
+      x0.dispose();
     }
   });
 }

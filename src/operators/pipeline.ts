@@ -20,6 +20,7 @@ import { noiseAtTPrime } from './noise_at_t_prime.ts';
 import { loraUpdate } from './lora_update.ts';
 import { emaUpdate } from './ema_update.ts';
 import { offloadToReplicas } from './offload_to_replicas.ts';
+import { windowPosition } from '../swiftbrush/rules.ts';
 
 /**
  * The six operators of one SwiftBrush step, in the official order, plus the student's EMA; first,
@@ -46,9 +47,7 @@ export function toStepContext(gradAccum: number, firstMicroStep = 0, firstStep =
           const s = sinceStart++;
           return createStepContext({
             microStep: firstMicroStep + s * microStepStride,
-            step: firstStep + Math.floor(s / gradAccum),
-            windowIndex: s % gradAccum,
-            closesWindow: s % gradAccum === gradAccum - 1,
+            ...windowPosition(s, firstStep, gradAccum),
             prompts: batch.prompts,
             position: batch.position,
             promptEmbeds: tf.tensor3d(batch.embeds, batch.shape),

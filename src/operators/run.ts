@@ -3,17 +3,18 @@
  * embeddings, resumes from the newest checkpoint when asked, streams the SwiftBrush step with the
  * standard operators (EMA, checkpoint, validation grid, metrics, progress), and exports the student
  * (diffusers layout, EMA weights by default), the LoRA teacher (PEFT) and the run's config.
- *
- * Under an MPI launcher (mpirun, srun) or with `mpi`, each process takes its share of the
- * micro-batches (src/parallel/shard.ts), the gradients are all-reduced before each optimiser step
- * (src/parallel/gradient_sync.ts) and the processes agree on losses, stops and weights at each
- * window's end (syncProcesses); rank 0 alone writes files and reports progress.
  */
-import { join } from 'node:path';
-import { firstValueFrom, lastValueFrom, takeWhile, type OperatorFunction } from 'rxjs';
-import { embeddingBatches, expandFiles, readNullEmbedding } from '../streams/reader.ts';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { firstValueFrom, lastValueFrom, takeWhile, tap, type OperatorFunction } from 'rxjs';
+import { checkEmbeddingWidth, embeddingBatches, expandFiles, modelWidth, readNullEmbedding } from '../streams/reader.ts';
+import { RUN_DEFAULTS, OFFICIAL_DEFAULTS, SETTINGS, SETTING_KEYS, checkSettings, checkSettingsTogether, distillConfig, flagOf, formatChanges, pickDistillConfig, resumeSettings, type RunSettings, type SettingKey } from '../swiftbrush/config.ts';
+import { yieldToEventLoop } from './yield_to_event_loop.ts';
 import { latestCheckpoint } from '../util/checkpoint.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
+import { worldForRun, type World } from '../parallel/mpi.ts';
+import { shardOf } from '../parallel/shard.ts';
+import { syncProcesses } from './sync_processes.ts';
 import { log } from '../log.ts';
 import type { StepContext } from './context.ts';
 import { checkpoint } from './checkpoint.ts';
@@ -23,23 +24,31 @@ import { progress } from './progress.ts';
 import { ReplicaPool } from '../parallel/replica_pool.ts';
 import { tf } from '../tf.ts';
 import { initBackend } from '../backend.ts';
-import { OFFICIAL_DEFAULTS, createDistillState, disposeDistillState, readTrainingState, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
+import { createDistillState, disposeDistillState, readTrainingState, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
 import { validation } from './validation.ts';
-import { copyFile, mkdir } from 'node:fs/promises';
-import { worldForRun, type World } from '../parallel/mpi.ts';
-import { shardOf } from '../parallel/shard.ts';
-import { syncProcesses } from './sync_processes.ts';
+import { copyFile, mkdir, readFile } from 'node:fs/promises';
 
+/**
+ * A run's options. Settings left undefined take, in this order: the checkpoint's (with `resume`),
+ * `defaults`, then the schema's defaults (src/swiftbrush/config.ts). `teacher`, `embeddings` and
+ * `steps` are required unless a resumed checkpoint holds them.
+ */
 export interface DistillRunOptions {
-  teacher: string;
-  embeddings: string | string[];
+  teacher?: string;
+  embeddings?: string | string[];
   out: string;
   /** Optimiser steps (each = gradAccum micro-batches). */
-  steps: number;
+  steps?: number;
   config?: Partial<DistillConfig>;
   checkpointEvery?: number;
   checkpointsTotalLimit?: number;
+  /**
+   * Continue from the newest checkpoint in `out`, with its settings: options given here override
+   * them (logged as changes); a change the checkpoint cannot take (LoRA rank, alpha, targets, the
+   * teacher) is refused by name.
+   */
   resume?: boolean;
+  /** Steps between validation grids; 0 = off (default 100). */
   validationEvery?: number;
   validationPrompts?: number;
   prefetch?: number;
@@ -47,7 +56,11 @@ export interface DistillRunOptions {
   shuffleBuffer?: number;
   /** Export the raw student weights instead of the EMA's. */
   exportRawWeights?: boolean;
+  /** Settings for what neither these options nor a resumed checkpoint give (a command's own defaults). */
+  defaults?: Partial<RunSettings>;
   stopRequested?: () => boolean;
+  /** Open an MPI world even when no launcher's environment is seen (default: only under mpirun / srun; docs/mpi.md). */
+  mpi?: boolean;
   /** Extra operators after the built-in ones, given the run's state (built before the stream starts). */
   operators?: (state: DistillState) => OperatorFunction<StepContext, StepContext>[];
   tty?: boolean;
@@ -56,15 +69,13 @@ export interface DistillRunOptions {
    * `initBackend`, else `SWIFTBRUSH_BACKEND`, else `auto` (the fastest that loads).
    */
   backend?: string;
-  /** Open an MPI world even when no launcher's environment is seen (default: only under mpirun / srun). */
-  mpi?: boolean;
 }
 
 /** Every option of runDistillation, so that an unknown one (a typo, `batchSize` outside `config`) is refused by name. */
 const RUN_OPTIONS: Record<keyof DistillRunOptions, true> = {
   teacher: true, embeddings: true, out: true, steps: true, config: true, checkpointEvery: true, checkpointsTotalLimit: true,
   resume: true, validationEvery: true, validationPrompts: true, prefetch: true, shuffle: true, shuffleBuffer: true,
-  exportRawWeights: true, stopRequested: true, operators: true, tty: true, backend: true, mpi: true,
+  exportRawWeights: true, defaults: true, stopRequested: true, operators: true, tty: true, backend: true, mpi: true,
 };
 
 function refuseUnknownOptions(o: object): void {
@@ -84,8 +95,8 @@ export interface DistillRunResult {
 }
 
 /** n validation prompts spread evenly over the first rows of the files (not just the first n). */
-async function validationPrompts(files: string[], n: number) {
-  const first = await firstValueFrom(embeddingBatches({ files, batchSize: Math.max(n, 96), shuffle: false, epochs: 1 }));
+async function validationPrompts(files: string[], n: number, width: number) {
+  const first = await firstValueFrom(embeddingBatches({ files, width, batchSize: Math.max(n, 96), shuffle: false, epochs: 1 }));
   const [count, L, D] = first.shape;
   const take = Math.min(n, count);
   const picks = Array.from({ length: take }, (_, i) => Math.floor((i * count) / take));
@@ -107,6 +118,43 @@ export async function exportStudent(state: DistillState, out: string, options: {
   return studentDir;
 }
 
+/** The settings a run in `out` was made with: the checkpoint's state.json (or, for older runs, its config and OUT/config.json). */
+export async function readSavedSettings(out: string, checkpoint?: string): Promise<Partial<RunSettings> | undefined> {
+  const readJson = async (path: string) => JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>;
+  let saved: Record<string, unknown> = {};
+  if (checkpoint) {
+    const state = await readJson(join(checkpoint, 'state.json'));
+    if (state.settings) return known(state.settings as Record<string, unknown>);
+    saved = { ...(state.config as object) };
+  }
+  const configPath = join(out, 'config.json');
+  if (existsSync(configPath)) {
+    const config = await readJson(configPath);
+    // Runs written before the schema: snake_case keys beside camelCase ones.
+    const legacy: Record<string, string> = { checkpoint_every: 'checkpointEvery', validation_every: 'validationEvery' };
+    for (const [k, v] of Object.entries(config)) saved[legacy[k] ?? k] ??= v;
+  } else if (!checkpoint) {
+    return undefined;
+  }
+  return known(saved);
+}
+
+const known = (raw: Record<string, unknown>) => Object.fromEntries(Object.entries(raw).filter(([k, v]) => k in SETTINGS && v !== undefined && v !== null)) as Partial<RunSettings>;
+
+/** Whether two values of a setting name the same thing (paths resolved, globs expanded). */
+function sameSetting(key: SettingKey, a: unknown, b: unknown): boolean {
+  const files = (v: unknown) => {
+    try {
+      return expandFiles(v as string | string[]).join('\n');
+    } catch {
+      return JSON.stringify(v);
+    }
+  };
+  if (key === 'teacher') return resolve(String(a)) === resolve(String(b));
+  if (key === 'embeddings') return files(a) === files(b);
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
 /**
  * The checkpoint to resume from, the same on every process: rank 0's newest (the output folder must
  * be on storage every process sees; a process that cannot see it stops the run by name).
@@ -118,44 +166,82 @@ async function resumeCheckpoint(out: string, world: World | undefined): Promise<
   world.allreduceMax64(chosen);
   if (chosen[0]! < 0) return undefined;
   const path = join(out, `checkpoint-${chosen[0]}`);
-  if (own?.step !== chosen[0]) {
-    const seen = await latestCheckpoint(out);
-    if (!seen || seen.step < chosen[0]!) throw new Error(`rank ${world.rank}: ${path} (rank 0's newest checkpoint) is not visible here: --out must be on storage shared by every process`);
-  }
+  if (own?.step !== chosen[0] && !existsSync(path)) throw new Error(`rank ${world.rank}: ${path} (rank 0's newest checkpoint) is not visible here: --out must be on storage shared by every process`);
   return { step: chosen[0]!, path };
 }
 
-/** Throws "key must be 'a', 'b' or 'c', got …" unless config[key] is one of the choices (a --config file bypasses the CLI's choices). */
-function requireOneOf<K extends keyof DistillConfig>(config: DistillConfig, key: K, choices: readonly DistillConfig[K][]): void {
-  if (choices.includes(config[key])) return;
-  const quoted = choices.map((c) => `'${String(c)}'`);
-  throw new Error(`${key} must be ${quoted.slice(0, -1).join(', ')} or ${quoted.at(-1)}, got ${JSON.stringify(config[key])}`);
+/**
+ * The settings a run goes with: the options given (validated), over the resumed checkpoint's
+ * settings when resuming, over `defaults`, over the schema's defaults. Logs what a resume changes.
+ */
+export async function resolveRunSettings(o: DistillRunOptions, world: World | undefined): Promise<{ settings: RunSettings; resumeFrom?: { step: number; path: string } }> {
+  const given = checkSettings({
+    teacher: o.teacher,
+    embeddings: o.embeddings,
+    out: o.out,
+    steps: o.steps,
+    checkpointEvery: o.checkpointEvery,
+    checkpointsTotalLimit: o.checkpointsTotalLimit,
+    validationEvery: o.validationEvery,
+    validationPrompts: o.validationPrompts,
+    prefetch: o.prefetch,
+    rawWeights: o.exportRawWeights,
+    ...o.config,
+  });
+  const base = { ...OFFICIAL_DEFAULTS, ...RUN_DEFAULTS, ...checkSettings({ ...o.defaults }) };
+  let chosen = given;
+  let resumeFrom: { step: number; path: string } | undefined;
+  if (o.resume) {
+    resumeFrom = await resumeCheckpoint(o.out, world);
+    const saved = await readSavedSettings(o.out, resumeFrom?.path);
+    if (saved) {
+      const source = resumeFrom?.path ?? join(o.out, 'config.json');
+      const r = resumeSettings(saved, given, { checkpoint: source, equal: sameSetting });
+      chosen = r.settings;
+      if (r.changes.length) log.warn({ checkpoint: source }, `resuming with changed settings: ${formatChanges(r.changes)}`);
+    }
+  }
+  const settings = { ...base, ...chosen } as RunSettings;
+  for (const key of ['teacher', 'embeddings', 'steps'] as const) {
+    if (settings[key] === undefined) throw new Error(`missing required option ${flagOf(key)} (or "${key}" in --config)${o.resume ? `; ${o.out} has no checkpoint or config.json to take it from` : ''}`);
+  }
+  checkSettingsTogether(settings);
+  return { settings, resumeFrom };
+}
+
+/** The UNet's cross_attention_dim, read from its config.json (before loading any weights). */
+async function teacherWidth(teacherDir: string): Promise<{ width: number; model: string }> {
+  const dirs = await resolveTeacherDirs(teacherDir);
+  const path = join(dirs.unet, 'config.json');
+  const config = JSON.parse(await readFile(path, 'utf8')) as { cross_attention_dim?: number | number[] };
+  if (config.cross_attention_dim === undefined) throw new Error(`${path}: no cross_attention_dim`);
+  return { width: modelWidth(config.cross_attention_dim, path), model: path };
 }
 
 export async function runDistillation(o: DistillRunOptions): Promise<DistillRunResult> {
   refuseUnknownOptions(o);
   await initBackend(o.backend);
-  const config: DistillConfig = { ...OFFICIAL_DEFAULTS, ...o.config };
-  if (!config.lrDecaySteps) config.lrDecaySteps = o.steps;
-  requireOneOf(config, 'lrScheduler', ['constant', 'linear', 'cosine']);
-  if (!(Number.isInteger(config.replicas) && config.replicas >= 1)) throw new Error(`replicas must be a positive integer, got ${config.replicas}`);
-  if (config.replicas > config.gradAccum) throw new Error(`replicas (${config.replicas}) needs gradAccum ≥ replicas (got ${config.gradAccum}): each replica computes whole micro-batches of an accumulation window`);
-  requireOneOf(config, 'loraLossWeighting', ['official', 'epsilon']);
-  requireOneOf(config, 'vsdWeighting', ['official', 'dmd']);
-  if (!(config.sdsWeight >= 0 && config.sdsWeight <= 1)) throw new Error(`sdsWeight must be in [0, 1], got ${config.sdsWeight}`);
   const world = worldForRun(o.mpi);
   const shard = shardOf(world);
   const writer = shard.rank === 0; // rank 0 writes checkpoints, exports, metrics, grids, progress
   if (!writer) log.level = 'warn';
   if (world) log.info({ processes: shard.size, library: world.library }, 'MPI world');
-  const files = expandFiles(o.embeddings);
-  const nullEmbedding = await readNullEmbedding(files);
-  const state = await createDistillState({ teacherDir: o.teacher, nullEmbeds: nullEmbedding.embeds, embedShape: nullEmbedding.shape, config });
+  const { settings, resumeFrom } = await resolveRunSettings(o, world);
+  const config: DistillConfig = distillConfig(pickDistillConfig(settings));
+  if (!config.lrDecaySteps) config.lrDecaySteps = settings.steps;
+  const files = expandFiles(settings.embeddings);
+  // Shapes before any work: every file's rows must be [L, cross_attention_dim].
+  const { width, model } = await teacherWidth(settings.teacher);
+  await checkEmbeddingWidth(files, width, model);
+  const nullEmbedding = await readNullEmbedding(files, { width });
+  const state = await createDistillState({ teacherDir: settings.teacher, nullEmbeds: nullEmbedding.embeds, embedShape: nullEmbedding.shape, config });
+  // Complete, in the schema's order, with the files the globs matched: what --config takes back.
+  const runConfig = Object.fromEntries(SETTING_KEYS.map((k) => [k, k === 'embeddings' ? files : settings[k]])) as unknown as RunSettings;
+  state.runSettings = runConfig;
   state.world = world;
   try {
     let firstMicroStep = 0;
     let startStep = 0;
-    const resumeFrom = o.resume ? await resumeCheckpoint(o.out, world) : undefined;
     if (resumeFrom) {
       const progressState = await readTrainingState(state, resumeFrom.path);
       firstMicroStep = progressState.microStep;
@@ -165,29 +251,36 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
       log.info({ out: o.out }, 'no checkpoint to resume from: starting at step 0');
     }
     if (config.replicas > 1) {
-      state.replicas = await ReplicaPool.start(state, { count: config.replicas - 1, teacherDir: o.teacher, backend: tf.getBackend(), maxBatch: config.batchSize });
+      state.replicas = await ReplicaPool.start(state, { count: config.replicas - 1, teacherDir: settings.teacher, backend: tf.getBackend(), maxBatch: config.batchSize });
       log.info({ replicas: config.replicas, backend: tf.getBackend() }, 'data-parallel replica threads started');
     }
-    const runConfig = { teacher: o.teacher, embeddings: files, steps: o.steps, ...config, checkpoint_every: o.checkpointEvery, validation_every: o.validationEvery, ...(world ? { world_size: shard.size } : {}) };
     if (writer) await writeJsonAtomic(join(o.out, 'config.json'), runConfig);
-    if (startStep >= o.steps) {
+    const steps = settings.steps;
+    if (startStep >= steps) {
       log.info({ step: startStep }, 'already at the requested number of steps');
     } else {
-      const ownStop = () => Boolean(o.stopRequested?.());
-      const sync = world ? syncProcesses(state, world, { stopRequested: ownStop, checksumEvery: o.checkpointEvery ?? 500 }) : undefined;
+      // The stop request is sampled after each micro-batch once the event loop has turned (so a
+      // signal that came during the step is seen), again after a validation grid, and the
+      // checkpoint and the end of the stream read that one answer: a stop asked at any moment
+      // ends the run at the end of the optimiser step under way, or of the next one when it came
+      // while this step's checkpoint was being written.
+      let stopSampled = false;
+      const sampleStop = () => {
+        stopSampled = Boolean(o.stopRequested?.());
+      };
       // Under MPI a stop is the processes' agreement at the window's end (any rank's request stops all).
-      const stop = (ctx: StepContext) => (sync ? sync.stopAgreed(ctx) : ownStop());
-      const isLast = (ctx: StepContext) => ctx.closesWindow && (ctx.step >= o.steps || stop(ctx));
-      const operators: OperatorFunction<StepContext, StepContext>[] = sync ? [sync.operator] : [];
-      if (writer && o.validationEvery && o.validationEvery > 0) {
-        const v = await validationPrompts(files, o.validationPrompts ?? 8);
-        operators.push(validation(state, { out: o.out, every: o.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed }));
+      const sync = world ? syncProcesses(state, world, { stopRequested: () => stopSampled, checksumEvery: settings.checkpointEvery }) : undefined;
+      const isLast = (ctx: StepContext) => ctx.closesWindow && (ctx.step >= steps || (sync ? sync.stopAgreed(ctx) : stopSampled));
+      const operators: OperatorFunction<StepContext, StepContext>[] = [yieldToEventLoop(sampleStop), ...(sync ? [sync.operator] : [])];
+      if (writer && settings.validationEvery > 0) {
+        const v = await validationPrompts(files, settings.validationPrompts, width);
+        operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed }), tap(sampleStop));
       }
       if (writer) {
         operators.push(
-          checkpoint(state, { out: o.out, every: o.checkpointEvery ?? 500, keep: o.checkpointsTotalLimit ?? 3, force: isLast }),
           metricsJsonl(state, join(o.out, 'metrics.jsonl')),
-          progress(state, { totalSteps: o.steps, startStep, tty: o.tty }),
+          checkpoint(state, { out: o.out, every: settings.checkpointEvery, keep: settings.checkpointsTotalLimit, force: isLast }),
+          progress(state, { totalSteps: steps, startStep, tty: o.tty }),
           ...(o.operators?.(state) ?? []),
         );
       }
@@ -198,14 +291,14 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
         operators,
         stopAfter: isLast,
         batches: (demand) =>
-          embeddingBatches({ files, batchSize: config.batchSize, shuffle: o.shuffle ?? true, shuffleBuffer: o.shuffleBuffer, seed: config.seed, epochs: Infinity, startBatch: firstMicroStep, batchStride: shard.size, batchOffset: shard.rank, prefetch: o.prefetch ?? 2, demand }),
+          embeddingBatches({ files, width, batchSize: config.batchSize, shuffle: o.shuffle ?? true, shuffleBuffer: o.shuffleBuffer, seed: config.seed, epochs: Infinity, startBatch: firstMicroStep, batchStride: shard.size, batchOffset: shard.rank, prefetch: settings.prefetch, demand }),
       }).pipe(takeWhile((ctx) => !isLast(ctx), true));
       const last = await lastValueFrom(steps$, { defaultValue: undefined });
       startStep = last?.step ?? startStep;
     }
-    const studentDir = writer ? await exportStudent(state, o.out, { teacherDir: o.teacher, raw: o.exportRawWeights, runConfig }) : join(o.out, 'student');
+    const studentDir = writer ? await exportStudent(state, o.out, { teacherDir: settings.teacher, raw: settings.rawWeights, runConfig }) : join(o.out, 'student');
     if (writer) log.info({ step: startStep, studentDir }, 'student exported');
-    return { step: startStep, studentDir, stoppedEarly: startStep < o.steps, rank: shard.rank };
+    return { step: startStep, studentDir, stoppedEarly: startStep < settings.steps, rank: shard.rank };
   } finally {
     await state.replicas?.dispose();
     disposeDistillState(state);

@@ -19,101 +19,9 @@ import type { StepObserver } from '../swiftbrush/observer.ts';
 import type { World } from '../parallel/mpi.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 
-/** Hyper-parameters; defaults are the official SwiftBrush script's (SD 2.1-base). */
-export interface DistillConfig {
-  seed: number;
-  batchSize: number;
-  gradAccum: number;
-  guidanceScale: number;
-  studentLr: number;
-  /** Linear warm-up of the student's lr over its first steps (0 = none), as diffusers' schedulers do. */
-  lrWarmupSteps: number;
-  /**
-   * The student's lr after warm-up, as diffusers' get_scheduler names it: 'constant' (official;
-   * with warm-up it is constant_with_warmup), or 'linear' / 'cosine' decay to 0 at lrDecaySteps.
-   */
-  lrScheduler: 'constant' | 'linear' | 'cosine';
-  /** diffusers' num_training_steps for the decaying schedules; 0 = the run's --steps. */
-  lrDecaySteps: number;
-  loraLr: number;
-  loraRank: number;
-  loraAlpha: number;
-  loraTargets: string[];
-  maxGradNorm: number;
-  /** EMA of the student; 0 disables it. */
-  emaDecay: number;
-  /** VSD timesteps t ∈ [tMin, tMax] (inclusive), the LoRA teacher's t′ ∈ [0, T−1]. */
-  tMin: number;
-  tMax: number;
-  /**
-   * The LoRA teacher's loss: 'official' = mse(√ᾱ_t′·ε_φ, √ᾱ_t′·ε′) (SwiftBrush; weak at high t′),
-   * 'epsilon' = mse(ε_φ, ε′), the plain denoising loss of diffusers' training scripts (every t′ alike).
-   */
-  loraLossWeighting: 'official' | 'epsilon';
-  /**
-   * The score gradient's weighting per sample: 'official' = σ_t² (ε_teacher − ε_lora) (SwiftBrush,
-   * ProlificDreamer's w(t)); 'dmd' = (ε_teacher − ε_lora) / mean|ε − ε_teacher|, DMD's (Yin et al.
-   * 2024, eq. 8) normalisation (μ_fake − μ_real) / mean|μ_real − x̂0| written in ε: the difference of
-   * the two x0-predictions divided by how far the teacher's x0-prediction is from x̂0.
-   */
-  vsdWeighting: 'official' | 'dmd';
-  /**
-   * λ in [0, 1]: the score gradient uses (1 − λ)·ε_lora + λ·ε as the fake score, i.e. mixes
-   * DreamFusion's SDS (ε_teacher − ε) into VSD. 0 (official) is pure VSD.
-   */
-  sdsWeight: number;
-  /** Probability (one draw per micro-batch) that the LoRA teacher trains on the null prompt. */
-  loraNullPromptProb: number;
-  /**
-   * Threads computing micro-batches of a window at once (1 = the main thread alone). Each extra
-   * replica takes whole micro-batches, so it needs gradAccum ≥ replicas; the result equals the
-   * sequential run's up to float summation order.
-   */
-  replicas: number;
-  /**
-   * The student steps on every N-th optimiser step only; the LoRA teacher on every one (DMD2's
-   * two-time-scale update, `dfake_gen_update_ratio`): the LoRA teacher tracks the student with N
-   * times the updates, and the steps in between skip the teacher passes and the student's backward.
-   * 1 = official (both every step). The first student step is step N−1.
-   */
-  studentUpdateEvery: number;
-  /** Stop after this many consecutive windows with a non-finite loss or gradient. */
-  maxNonFiniteSteps: number;
-  adamBeta1: number;
-  adamBeta2: number;
-  adamEps: number;
-  adamWeightDecay: number;
-}
+import type { DistillConfig } from '../swiftbrush/config.ts';
 
-export const OFFICIAL_DEFAULTS: DistillConfig = {
-  seed: 0,
-  batchSize: 16,
-  gradAccum: 1,
-  guidanceScale: 4.5,
-  studentLr: 1e-6,
-  lrWarmupSteps: 0,
-  lrScheduler: 'constant',
-  lrDecaySteps: 0,
-  loraLr: 1e-3,
-  loraRank: 64,
-  loraAlpha: 108,
-  loraTargets: ['to_q', 'to_v'],
-  maxGradNorm: 1.0,
-  emaDecay: 0.9999,
-  tMin: 20,
-  tMax: 980,
-  loraLossWeighting: 'official',
-  vsdWeighting: 'official',
-  sdsWeight: 0,
-  loraNullPromptProb: 0.1,
-  replicas: 1,
-  studentUpdateEvery: 1,
-  maxNonFiniteSteps: 10,
-  adamBeta1: 0.9,
-  adamBeta2: 0.999,
-  adamEps: 1e-8,
-  adamWeightDecay: 0,
-};
+export { OFFICIAL_DEFAULTS, type DistillConfig } from '../swiftbrush/config.ts';
 
 export interface DistillState {
   readonly config: DistillConfig;
@@ -139,6 +47,8 @@ export interface DistillState {
   world?: World;
   /** Counters that survive a resume. */
   readonly counters: { nonFiniteInARow: number; skippedSteps: number };
+  /** The run's complete settings, written into every checkpoint so that --resume restores them. */
+  runSettings?: object;
 }
 
 /**
@@ -263,6 +173,7 @@ export async function writeTrainingSnapshot(state: DistillState, snapshot: Train
     student_optimizer_step: snapshot.studentOptimizer.step,
     lora_optimizer_step: snapshot.loraOptimizer.step,
     config: state.config,
+    ...(state.runSettings ? { settings: state.runSettings } : {}),
   });
 }
 
@@ -292,7 +203,5 @@ export async function readTrainingState(state: DistillState, dir: string): Promi
   return { step: json.step, microStep: json.microStep, counters: json.counters };
 }
 
-/** Whether optimiser step `step` (0-based: the steps completed before it) updates the student. */
-export function updatesStudent(config: Pick<DistillConfig, 'studentUpdateEvery'>, step: number): boolean {
-  return (step + 1) % config.studentUpdateEvery === 0;
-}
+/** Kept importable from here for code that reads it with the config; defined in src/swiftbrush/rules.ts. */
+export { updatesStudent } from '../swiftbrush/rules.ts';

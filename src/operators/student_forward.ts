@@ -8,27 +8,12 @@
  * crosses the operator boundary").
  */
 import type { OperatorFunction } from 'rxjs';
-import { tf } from '../tf.ts';
-import type { Tensor3D, Tensor4D } from '../tf.ts';
 import type { StepContext } from './context.ts';
 import { need, take } from './context.ts';
 import { stepOperator } from './operator.ts';
-import { updatesStudent, type DistillState } from './state.ts';
-
-/** f_θ(z, y): the UNet's prediction at the last train timestep T−1, turned into x0 (ε or v form). */
-export function studentX0(state: DistillState, latents: Tensor4D, promptEmbeds: Tensor3D): Tensor4D {
-  const last = state.schedule.numTrainTimesteps - 1;
-  const timesteps = new Array<number>(latents.shape[0]).fill(last);
-  return tf.tidy(() => state.schedule.predictOriginal(state.student.forward(latents, timesteps, promptEmbeds), latents, timesteps) as Tensor4D);
-}
-
-/** The latent shape of one sample, from the student's config: [H, W, C] (NHWC). */
-export function latentShape(state: DistillState): [number, number, number] {
-  const c = state.student.config;
-  const size = c.sample_size;
-  if (typeof size !== 'number') throw new Error(`the UNet config needs an integer 'sample_size' to draw the student's noise (got ${JSON.stringify(size)})`);
-  return [size, size, c.in_channels];
-}
+import type { DistillState } from './state.ts';
+import { latentShape, studentX0 } from '../swiftbrush/math.ts';
+import { updatesStudent } from '../swiftbrush/rules.ts';
 
 export function studentForward(state: DistillState): OperatorFunction<StepContext, StepContext> {
   return stepOperator((ctx) => {

@@ -9,26 +9,12 @@
  * `epsTeacher`, `epsLora`.
  */
 import type { OperatorFunction } from 'rxjs';
-import { tf } from '../tf.ts';
-import type { Tensor3D, Tensor4D } from '../tf.ts';
 import type { StepContext } from './context.ts';
 import { need, take } from './context.ts';
 import { stepOperator } from './operator.ts';
-import { updatesStudent, type DistillState } from './state.ts';
-
-/** Guided ε of the teacher with LoRA on or off, on (x_t, t, y) and (x_t, t, y0) in one pass. */
-export function guidedEpsilon(state: DistillState, loraEnabled: boolean, xt: Tensor4D, timesteps: number[], y: Tensor3D, w: number): Tensor4D {
-  return tf.tidy(() => {
-    const b = xt.shape[0];
-    const y0 = tf.tile(state.nullEmbeds, [b, 1, 1]) as Tensor3D;
-    const x2 = tf.concat([xt, xt], 0);
-    const t2 = [...timesteps, ...timesteps];
-    const out = state.lora.with(loraEnabled, () => state.teacher.forward(x2, t2, tf.concat([y0, y], 0)));
-    const eps = state.schedule.predictEpsilon(out, x2, t2) as Tensor4D;
-    const [epsU, epsC] = tf.split(eps, 2, 0) as [Tensor4D, Tensor4D];
-    return tf.add(epsU, tf.mul(tf.sub(epsC, epsU), w));
-  });
-}
+import type { DistillState } from './state.ts';
+import { guidedEpsilon } from '../swiftbrush/math.ts';
+import { updatesStudent } from '../swiftbrush/rules.ts';
 
 export function teacherCFG(state: DistillState): OperatorFunction<StepContext, StepContext> {
   return stepOperator((ctx) => {

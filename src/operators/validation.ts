@@ -12,7 +12,7 @@ import { writeImageGrid } from '../util/png.ts';
 import { StepRng, STREAMS } from '../util/rng.ts';
 import type { StepContext } from './context.ts';
 import type { DistillState } from './state.ts';
-import { latentShape, studentX0 } from './student_forward.ts';
+import { latentShape, studentX0 } from '../swiftbrush/math.ts';
 
 export interface ValidationOptions {
   out: string;

@@ -3,7 +3,7 @@
  * parallelism join):
  * - inside a process, the replica threads' micro-batches have been added to the accumulators
  *   (`ReplicaPool.collectInto`) before the main thread's own;
- * - across the processes of an MPI world, `windowGradients` sums the accumulators with ONE
+ * - across the processes of an MPI world, `allProcessesGradients` sums the accumulators with ONE
  *   MPI_Allreduce per optimiser (every gradient of the model flattened into one buffer, then split
  *   back), and `agreeOnSkip` makes every process take the same decision to skip a non-finite step.
  *
@@ -61,9 +61,8 @@ export function allreduceGradients(world: World, model: Model, params: Map<strin
   return out;
 }
 
-/** The window's summed gradients of one model, from every process of the run (ownership passes to the caller). */
-export function windowGradients(state: DistillState, model: Model): NamedGrads {
-  const local = (model === 'student' ? state.studentGrads : state.loraGrads).take();
+/** A window's summed gradients of one model (this process's), summed over every process of the run; ownership passes. */
+export function allProcessesGradients(state: DistillState, model: Model, local: NamedGrads): NamedGrads {
   const world = state.world;
   if (!world || world.size === 1) return local;
   const params = model === 'student' ? state.student.store.named() : state.lora.store.named();

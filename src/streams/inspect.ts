@@ -5,7 +5,7 @@
  * Non-finite values are counted (not thrown) and excluded from the moments; the CLI exits non-zero
  * when there are any.
  */
-import { EmbeddingFile, type EmbeddingDtype, type OpenOptions, type ShapeSource } from './parquet.ts';
+import { EmbeddingFile, shapeCandidates, type EmbeddingDtype, type OpenOptions, type ShapeSource } from './parquet.ts';
 
 export interface InspectReport {
   file: string;
@@ -13,8 +13,15 @@ export interface InspectReport {
   rowGroups: number;
   rowGroupRows: number[];
   layout: string;
-  shape: [number, number];
+  /** Values per row (L · D). */
+  rowLength: number;
+  /**
+   * [L, D] per row; null when the file says nothing about it (flat lists without metadata and no
+   * `shape` option): then `shapeCandidates` lists what the rows could be.
+   */
+  shape: [number, number] | null;
   shapeSource: ShapeSource;
+  shapeCandidates?: [number, number][];
   dtype: EmbeddingDtype;
   writer: string | undefined;
   compression: string[];
@@ -96,8 +103,10 @@ export async function inspectEmbeddings(file: string, options: OpenOptions = {})
       rowGroups: info.rowGroupRows.length,
       rowGroupRows: info.rowGroupRows,
       layout: info.layout,
-      shape: info.shape,
+      rowLength: info.shape[0] * info.shape[1],
+      shape: info.shapeSource === 'inferred' ? null : info.shape,
       shapeSource: info.shapeSource,
+      ...(info.shapeSource === 'inferred' ? { shapeCandidates: shapeCandidates(info.shape[0] * info.shape[1]) } : {}),
       dtype: info.dtype,
       writer: info.createdBy,
       compression: info.compression,

@@ -27,14 +27,24 @@ export const DEFAULT_PROMPT_COLUMN = 'prompt';
 export const DEFAULT_EMBEDDING_COLUMN = 'prompt_embeds';
 
 export type EmbeddingDtype = 'float32' | 'float16' | 'float64';
-/** Where the [L, D] shape came from. `inferred` is a guess from the row length (see inferShape). */
-export type ShapeSource = 'metadata' | 'data' | 'option' | 'inferred';
+/**
+ * Where the [L, D] shape came from: the file's metadata, nested lists, the caller's `shape`, the
+ * model's width (`width`: D = the UNet's cross_attention_dim, L = row length / D), or `inferred`, a
+ * guess from the row length alone (see inferShape) that only `inspect` and library callers without
+ * a model meet.
+ */
+export type ShapeSource = 'metadata' | 'data' | 'option' | 'model' | 'inferred';
 
 export interface OpenOptions {
   promptColumn?: string;
   embeddingColumn?: string;
   /** Shape to use when the file carries none (flat lists without metadata); must match the rows. */
   shape?: [number, number];
+  /**
+   * D of a file without shape metadata (flat lists, as polars and duckdb write them): the model's
+   * cross_attention_dim. L = row length / D; a row length D does not divide is refused.
+   */
+  width?: number;
   /** Accept float64 embeddings by narrowing them to float32 (default: refuse). */
   allowFloat64?: boolean;
   /** Decode row groups in the shared worker thread (default true; falls back in-process). */
@@ -215,10 +225,22 @@ export class EmbeddingFile {
       if (nested && product(nested) !== product(shape)) {
         throw new EmbeddingFormatError({ file: path }, `shape [${shape.join(', ')}] was requested but rows have ${product(nested)} values`);
       }
+    } else if (nested && options.width !== undefined) {
+      const n = nested[0]!;
+      const D = options.width;
+      if (n % D !== 0) {
+        throw new EmbeddingFormatError(
+          { file: path },
+          `rows hold ${n} values and the file has no ${SHAPE_KEY} metadata; the model's cross_attention_dim ${D} does not divide ${n}, ` +
+            `so these embeddings do not fit this model (embed the prompts with its text encoder, or check the shape with \`swiftbrush inspect --shape L,D\`)`,
+        );
+      }
+      shape = [n / D, D];
+      shapeSource = 'model';
     } else if (nested) {
       shape = inferShape(nested[0]!);
       shapeSource = 'inferred';
-      log.warn({ file: path, shape }, `no ${SHAPE_KEY} metadata: guessed the [L, D] shape from the row length; pass a shape to be sure`);
+      log.warn({ file: path, rowLength: nested[0], guess: shape }, `no ${SHAPE_KEY} metadata: rows hold ${nested[0]} values and [L, D] is ambiguous; pass --shape L,D (option \`shape\`) or the model's width (option \`width\`)`);
     } else {
       throw new EmbeddingFormatError({ file: path }, `file has no rows and no ${SHAPE_KEY} metadata: the embedding shape is unknown`);
     }
@@ -581,6 +603,13 @@ function rowStartOf(rowGroupRows: number[], g: number): number {
  * a multiple of 77 (CLIP's padded token count) gives [77, n/77]; otherwise the largest L with
  * D = n/L an integer and D ≥ 2·L (fewer tokens than channels: [4, 8], [8, 32], [16, 64], ...).
  */
+/** Every [L, D] with L · D = n and L ≤ D: what a flat row of n values could be. */
+export function shapeCandidates(n: number): [number, number][] {
+  const out: [number, number][] = [];
+  for (let l = 1; l * l <= n; l++) if (n % l === 0) out.push([l, n / l]);
+  return out;
+}
+
 export function inferShape(n: number): [number, number] {
   if (n % 77 === 0) return [77, n / 77];
   let best = 1;

@@ -38,7 +38,7 @@ import { readdirSync, statSync } from 'node:fs';
 import { resolve, join, dirname, basename, sep } from 'node:path';
 import { Observable, type SchedulerLike, type Subscription } from 'rxjs';
 import { EmbeddingFormatError } from './errors.ts';
-import { EmbeddingFile, type OpenOptions } from './parquet.ts';
+import { EmbeddingFile, SHAPE_KEY, type OpenOptions } from './parquet.ts';
 import { mixSeed, Rng } from '../util/rng.ts';
 export { inspectEmbeddings, type InspectReport } from './inspect.ts';
 export { EmbeddingFormatError } from './errors.ts';
@@ -672,8 +672,45 @@ export async function readNullEmbedding(
   }
   throw new Error(
     `no null-prompt row (prompt == "") in ${list.length === 1 ? list[0] : `${list.length} files`}: ` +
-      `add the embedding of the empty prompt as a row with prompt "" (import-npy --null-npy), or pass a separate file holding it`,
+      `add the embedding of the empty prompt as a row with prompt "" (import-npy --null-npy), or add a file holding that row to the list (--embeddings train.parquet,null.parquet)`,
   );
+}
+
+/**
+ * The model's width D: a UNet config's cross_attention_dim (one number, or one per block, which
+ * must then agree: the text embeddings feed every block).
+ */
+export function modelWidth(crossAttentionDim: number | number[], configPath: string): number {
+  const dims = Array.isArray(crossAttentionDim) ? [...new Set(crossAttentionDim)] : [crossAttentionDim];
+  if (dims.length !== 1 || !Number.isInteger(dims[0]) || dims[0]! <= 0) throw new Error(`${configPath}: cross_attention_dim ${JSON.stringify(crossAttentionDim)} is not one positive width`);
+  return dims[0]!;
+}
+
+/**
+ * Checks, before any work, that every file's rows are [L, width] (`width`: the UNet's
+ * cross_attention_dim; files without shape metadata take D from it). Throws naming the file, both
+ * numbers and the model. Returns the common [L, D].
+ */
+export async function checkEmbeddingWidth(files: string[], width: number, model: string, options: OpenOptions = {}): Promise<[number, number]> {
+  let shape: [number, number] | undefined;
+  for (const path of files) {
+    const f = await EmbeddingFile.open(path, { ...options, width });
+    try {
+      const [L, D] = f.info.shape;
+      if (D !== width) {
+        throw new EmbeddingFormatError(
+          { file: path },
+          `embeddings are [${L}, ${D}] per row (D = ${D}, ${f.info.shapeSource === 'metadata' ? `from its ${SHAPE_KEY} metadata` : 'from the data'}), but the UNet ${model} has cross_attention_dim ${width}: ` +
+            'the prompts must be embedded with the text encoder the UNet was trained with',
+        );
+      }
+      if (shape && shape[0] !== L) throw new EmbeddingFormatError({ file: path }, `embeddings are [${L}, ${D}] per row but ${files[0]} has [${shape.join(', ')}]: all files must share one shape`);
+      shape = [L, D];
+    } finally {
+      f.close();
+    }
+  }
+  return shape!;
 }
 
 /** Directory and base name helper for messages. */

@@ -1,6 +1,6 @@
 /** The student's lr schedule follows diffusers' get_scheduler formulas (warm-up, constant, linear, cosine). */
 import { describe, expect, it } from 'vitest';
-import { lrFactor } from '../../src/operators/vsd_update.ts';
+import { lrFactor } from '../../src/swiftbrush/optim_step.ts';
 
 const at = (step: number, lrScheduler: 'constant' | 'linear' | 'cosine', lrWarmupSteps = 10, lrDecaySteps = 100) => lrFactor(step, { lrScheduler, lrWarmupSteps, lrDecaySteps });
 

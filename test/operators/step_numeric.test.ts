@@ -4,12 +4,15 @@
  * ONE tape over the student forward and L = 0.5·mean((x̂0 − sg(x̂0 − g))²), no recomputation.
  */
 import { describe, expect, it, beforeAll } from 'vitest';
+import { cp, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { from, lastValueFrom, toArray } from 'rxjs';
 import { tf } from '../../src/tf.ts';
 import type { Tensor, Tensor3D, Tensor4D, Variable } from '../../src/tf.ts';
 import { swiftbrushStep, toStepContext } from '../../src/operators/pipeline.ts';
-import { disposeDistillState, type DistillState } from '../../src/operators/state.ts';
-import { latentShape } from '../../src/operators/student_forward.ts';
+import { disposeDistillState, type DistillConfig, type DistillState } from '../../src/operators/state.ts';
+import { referenceRun } from '../../src/swiftbrush/reference_step.ts';
+import { latentShape } from '../../src/swiftbrush/math.ts';
 import { clipGradNorm } from '../../src/models/optim.ts';
 import { fakeBatch, makeState, makeTinyTeacher, maxAbsDiff, testConfig } from './helpers.ts';
 
@@ -142,6 +145,92 @@ describe('one SwiftBrush step through the stream equals the hand-written loop', 
       } finally {
         disposeDistillState(stream);
         disposeDistillState(hand);
+      }
+    });
+  }
+});
+
+/** Student, LoRA and EMA weights of a state. */
+function weights(s: DistillState): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  for (const [name, v] of s.student.store.named()) out.set(`student/${name}`, v.dataSync().slice() as Float32Array);
+  for (const [name, v] of s.lora.store.named()) out.set(`lora/${name}`, v.dataSync().slice() as Float32Array);
+  for (const [name, v] of s.ema?.shadow ?? []) out.set(`ema/${name}`, v.dataSync().slice() as Float32Array);
+  return out;
+}
+
+const relDiff = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? (a === b ? 0 : Infinity) : Math.abs(a - b) / Math.max(1e-12, Math.abs(b)));
+
+describe('the reference loop (src/swiftbrush/reference_step.ts) equals the stream for every option', () => {
+  let teacher: string;
+  let vTeacher: string;
+  beforeAll(async () => {
+    teacher = await makeTinyTeacher();
+    // The same UNet as a v-prediction teacher.
+    vTeacher = `${teacher}-v`;
+    await cp(teacher, vTeacher, { recursive: true });
+    const path = join(vTeacher, 'scheduler', 'scheduler_config.json');
+    await writeFile(path, JSON.stringify({ ...JSON.parse(await readFile(path, 'utf8')), prediction_type: 'v_prediction' }));
+  });
+
+  const cases: { name: string; v?: boolean; micro: number; first?: number; config: Partial<DistillConfig> }[] = [
+    { name: 'studentUpdateEvery 2, linear lr decay after a warm-up step, EMA', micro: 4, config: { studentUpdateEvery: 2, lrWarmupSteps: 1, lrScheduler: 'linear', lrDecaySteps: 3 } },
+    {
+      name: 'k=2 with a final partial window, dmd + SDS 0.3, epsilon LoRA loss, null prompts, cosine lr, clipping, weight decay',
+      micro: 5,
+      config: { gradAccum: 2, vsdWeighting: 'dmd', sdsWeight: 0.3, loraLossWeighting: 'epsilon', loraNullPromptProb: 0.5, lrScheduler: 'cosine', lrDecaySteps: 2, maxGradNorm: 0.05, adamWeightDecay: 0.01 },
+    },
+    { name: 'a v-prediction teacher, resumed at micro-step 3, k=3 windows counted from there', v: true, micro: 4, first: 3, config: { gradAccum: 3, tMin: 0, tMax: 999, guidanceScale: 2 } },
+  ];
+
+  for (const c of cases) {
+    it(c.name, async () => {
+      const config = testConfig({ emaDecay: 0.9, adamEps: 1e-3, ...c.config });
+      const dir = c.v ? vTeacher : teacher;
+      const first = c.first ?? 0;
+      const batches = Array.from({ length: c.micro }, (_, i) => fakeBatch(first + i));
+      const stream = await makeState(dir, config);
+      const reference = await makeState(dir, config);
+      try {
+        const lb = stream.lora.parameters().map((v, i) => tf.tidy(() => tf.randomNormal(v.shape, 0, 0.05, 'float32', 100 + i)));
+        stream.lora.parameters().forEach((v, i) => v.assign(lb[i]!));
+        reference.lora.parameters().forEach((v, i) => v.assign(lb[i]!));
+        tf.dispose(lb);
+        const before = weights(reference);
+
+        const out = await lastValueFrom(from(batches).pipe(toStepContext(config.gradAccum, first, 0), swiftbrushStep(stream), toArray()));
+        const metrics = referenceRun(reference, batches, { firstMicroStep: first, firstStep: 0 });
+
+        // Same metrics per micro-batch, same optimiser step counts.
+        out.forEach((ctx, i) => {
+          const m = metrics[i]!;
+          expect(Object.keys(m).sort(), `micro-batch ${i}`).toEqual(Object.keys(ctx.metrics).sort());
+          for (const key of ['lossVsd', 'lossLora', 'gradNormStudent', 'gradNormLora'] as const) expect(relDiff(ctx.metrics[key], m[key]), `micro-batch ${i} ${key}`).toBeLessThan(1e-3);
+          expect(ctx.metrics.skippedStudent, `micro-batch ${i}`).toBe(m.skippedStudent);
+          expect(ctx.metrics.skippedLora, `micro-batch ${i}`).toBe(m.skippedLora);
+        });
+        expect(stream.studentOptimizer.step).toBe(reference.studentOptimizer.step);
+        expect(stream.loraOptimizer.step).toBe(reference.loraOptimizer.step);
+        expect(reference.loraOptimizer.step).toBe(Math.ceil(c.micro / config.gradAccum));
+        expect(reference.studentOptimizer.step).toBeGreaterThan(0);
+
+        // Same weights: student, LoRA and EMA.
+        const a = weights(stream);
+        const b = weights(reference);
+        expect([...a.keys()]).toEqual([...b.keys()]);
+        let worst = 0;
+        let worstKey = '';
+        for (const [k, v] of a) {
+          const d = maxAbsDiff(v, b.get(k)!);
+          if (d > worst) [worst, worstKey] = [d, k];
+        }
+        expect(worst, worstKey).toBeLessThan(1e-5);
+        // And the weights did move (the comparison would pass trivially otherwise).
+        expect(maxAbsDiff(b.get('student/conv_out.weight')!, before.get('student/conv_out.weight')!)).toBeGreaterThan(1e-5);
+        expect(maxAbsDiff(b.get('lora/' + [...reference.lora.store.named().keys()][0])!, before.get('lora/' + [...reference.lora.store.named().keys()][0])!)).toBeGreaterThan(1e-5);
+      } finally {
+        disposeDistillState(stream);
+        disposeDistillState(reference);
       }
     });
   }

@@ -79,6 +79,23 @@ describe('layouts written by arrow-rs (other shapes and row-group sizes than the
     expect(inferShape(77 * 768)).toEqual([77, 768]);
   });
 
+  it('a flat [7, 24] file without metadata: inspect reports the ambiguity, the model\'s width settles it', async () => {
+    const file = join(tmp.dir, 'seven-by-24.parquet');
+    const rows = makeRows(12, 7, 24);
+    writeLayout(file, 'list', rows.prompts, rows.embeds, [7, 24], { shapeMeta: false });
+    const r = await inspectEmbeddings(file);
+    expect(r.shape).toBeNull();
+    expect(r.rowLength).toBe(168);
+    expect(r.shapeCandidates).toContainEqual([7, 24]);
+    expect(r.shapeCandidates).toContainEqual([8, 21]);
+    expect((await inspectEmbeddings(file, { shape: [7, 24] })).shape).toEqual([7, 24]);
+    // distill / sample / eval pass the UNet's cross_attention_dim as the width.
+    const b = await readAll([file], { width: 24 });
+    expect(b[0]!.shape).toEqual([7, 7, 24]);
+    expect(concat(b).embeds).toEqual(rows.embeds);
+    await expect(readAll([file], { width: 32 })).rejects.toThrow(/seven-by-24\.parquet: rows hold 168 values .*cross_attention_dim 32 does not divide 168/);
+  });
+
   it('a non-finite value in a later file names file, row group and row; the batches before it were whole', async () => {
     const file = join(tmp.dir, 'clean.parquet');
     const { prompts: p, embeds: e } = makeRows(40, 2, 3);
