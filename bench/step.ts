@@ -58,6 +58,8 @@ export interface BenchOptions {
   /** Embeddings file whose "" row is the null prompt (zeros when absent or of another width). */
   embeddings?: string;
   config?: Partial<DistillConfig>;
+  /** Prompt tokens L of the synthetic embeddings when `embeddings` has no null prompt of the UNet's width (default 8). */
+  tokens?: number;
   /**
    * Also time data parallelism: the same optimiser step (batch B) as R micro-batches of B/R over
    * R threads (`--replicas R --grad-accum R`), interleaved with the other modes. 1 = skip.
@@ -94,6 +96,8 @@ export interface BenchResult {
   peak_rss_mib: number;
   rss_after_warmup_mib: number;
   rss_end_mib: number;
+  /** Seconds to build the distillation state: teacher and student loaded, LoRA, optimisers, EMA. */
+  load_s: number;
   /** numTensors at the end minus after warm-up (0 = no leak). */
   tensor_drift: number;
   num_tensors: number;
@@ -270,7 +274,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     const raw = JSON.parse(await readFile(join(dirs.unet, 'config.json'), 'utf8')) as { cross_attention_dim: number | number[] };
     const D = Array.isArray(raw.cross_attention_dim) ? raw.cross_attention_dim[0]! : raw.cross_attention_dim;
     let nullEmbeds: Float32Array;
-    let L = 8;
+    let L = o.tokens ?? 8;
     const fromFile = o.embeddings ? await readNullEmbedding(o.embeddings).catch(() => null) : null;
     if (fromFile && fromFile.shape[1] === D) {
       nullEmbeds = fromFile.embeds;
@@ -279,7 +283,9 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       nullEmbeds = new Float32Array(L * D);
     }
     const config: DistillConfig = { ...OFFICIAL_DEFAULTS, batchSize: o.batchSize, gradAccum: 1, ...o.config };
+    const loadStart = performance.now();
     const state = await createDistillState({ teacherDir: dir, nullEmbeds, embedShape: [L, D], config });
+    const loadS = (performance.now() - loadStart) / 1000;
     let dpState: DistillState | null = null;
     try {
       const make = (i: number) => syntheticBatch(i, o.batchSize, L, D);
@@ -393,6 +399,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         operator_share: Object.fromEntries(Object.entries(operatorMs).map(([k, v]) => [k, v / total])),
         ...unet,
         peak_rss_mib: mib(process.resourceUsage().maxRSS * 1024),
+        load_s: loadS,
         rss_after_warmup_mib: mib(rssAfterWarmup),
         rss_end_mib: mib(rssEnd),
         tensor_drift: tensorDrift,

@@ -162,3 +162,28 @@ export async function initBackend(option?: string): Promise<BackendChoice> {
   }
   throw new Error(`no usable backend for '${name}': ${skipped.map((s) => `${s.candidate}: ${s.reason}`).join('; ')}`);
 }
+
+/** What the wasm backend (and V8) say when an allocation fails. */
+const OUT_OF_MEMORY = /memory access out of bounds|Aborted\(|Cannot enlarge memory|Out of memory|WebAssembly\.Memory|Array buffer allocation failed|Invalid typed array length/i;
+
+/**
+ * A backend crash as a user-facing error: a wasm abort ("memory access out of bounds", "Aborted()")
+ * or a failed allocation is, in this project, almost always the 4 GiB wasm heap (or the machine's
+ * memory) running out; the message says so, what the process held, and where to go instead.
+ * Other errors are returned unchanged.
+ */
+export function explainBackendError(err: unknown): unknown {
+  const message = err instanceof Error ? err.message : String(err);
+  if (!OUT_OF_MEMORY.test(message)) return err;
+  const backend = current?.backend ?? 'unknown';
+  const rssGib = (process.resourceUsage().maxRSS / 1024 ** 2).toFixed(1);
+  const where =
+    backend === 'wasm'
+      ? "the wasm backend most likely ran out of its 4 GiB heap (model weights, optimiser state and this batch's activations must all fit in it)"
+      : `the ${backend} backend failed to allocate memory (most likely the machine's memory ran out)`;
+  return new Error(
+    `${where}; peak RSS was ${rssGib} GiB. Run \`swiftbrush distill --dry-run\` to see what the run holds; ` +
+      'lower --batch-size, or use the native backend (`npm run native:build`, then --backend tensorflow) or a GPU host ' +
+      `(@tensorflow/tfjs-node-gpu). Backend message: ${message.split('\n')[0]}`,
+  );
+}

@@ -10,13 +10,17 @@ import type { Command } from 'commander';
 import { initBackend } from '../backend.ts';
 import { runDistillation } from '../operators/run.ts';
 import { prepareRunFolder } from '../operators/run_folder.ts';
-import { SETTING_KEYS, checkSettings, pickDistillConfig, type RunSettings } from '../swiftbrush/config.ts';
+import { OFFICIAL_DEFAULTS, SETTING_KEYS, checkSettings, pickDistillConfig, type DistillConfig, type RunSettings } from '../swiftbrush/config.ts';
+import { planDistillation } from '../operators/state.ts';
+import { backendMemoryLimit, formatPlan, NATIVE_ADVICE } from '../models/memory.ts';
+import { readNullEmbedding } from '../streams/reader.ts';
 import { log } from '../log.ts';
 import { backendOption, settingOption } from './options.ts';
 import { reportStop, stopOnSignals } from './signals.ts';
 
 interface DistillFlags extends Partial<RunSettings> {
   config?: string;
+  dryRun?: boolean;
   resume?: boolean;
   overwrite?: boolean;
   mpi?: boolean;
@@ -41,6 +45,16 @@ export async function readConfigFile(path: string): Promise<Partial<RunSettings>
   return { ...checkSettings(rest, where, CONFIG_EXTRA_KEYS), ...(backend !== undefined ? { backend } : {}) };
 }
 
+/** `--dry-run`: the memory plan from config.json and the weight headers (tokens from the embeddings' null prompt, else 77). */
+async function dryRun(teacher: string, config: DistillConfig, embeddings: string | undefined, backend: string): Promise<string> {
+  const tokens = embeddings ? (await readNullEmbedding(embeddings)).shape[0] : 77;
+  const { plan, params, fileParams, files, dtypes } = await planDistillation(teacher, config, tokens);
+  const limit = backendMemoryLimit(backend);
+  const head = `${teacher}: ${params.toLocaleString('en')} parameters by config.json, ${fileParams.toLocaleString('en')} in ${files.join(', ')} (${dtypes.join(', ')}; float32 on the backend); ${tokens} tokens${embeddings ? '' : ' (no --embeddings: assumed)'}; backend ${backend}`;
+  const verdict = plan.total <= limit.bytes ? 'fits' : backend === 'wasm' ? `refused on wasm: ${NATIVE_ADVICE}` : 'may not fit: lower --batch-size, or use a machine with more memory';
+  return `${head}\n${formatPlan(plan, limit)}\n${verdict}`;
+}
+
 export function register(program: Command): void {
   const cmd = program
     .command('distill')
@@ -52,13 +66,21 @@ export function register(program: Command): void {
   cmd
     .option('--resume', 'continue the run in --out from its newest checkpoint, with its settings (options given again override them)')
     .option('--mpi', 'data-parallel over MPI processes even when no launcher is detected (under mpirun / srun it is automatic; docs/mpi.md)')
+    .option('--dry-run', "print what the run will hold in memory (teacher, student, EMA, Adam, gradients, LoRA, activations) against the backend's limit, from config.json and the weight headers; load nothing and exit")
     .option('--overwrite', 'start afresh over a previous distill run in --out (removes only that run\'s files)')
     .addOption(backendOption())
     .action(async (flags: DistillFlags) => {
-      const { config: configPath, resume, overwrite, backend: backendFlag, mpi, ...given } = flags;
+      const { config: configPath, resume, overwrite, backend: backendFlag, dryRun: dry, mpi, ...given } = flags;
       const fromFile = configPath ? await readConfigFile(configPath) : {};
       const defined = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) as Partial<RunSettings>;
       const o: Partial<RunSettings> & { backend?: string } = { ...fromFile, ...defined };
+      if (dry) {
+        if (o.teacher === undefined) throw new Error('missing required option --teacher (or "teacher" in --config)');
+        const backend = await initBackend(backendFlag ?? o.backend);
+        const embeddings = o.embeddings === undefined ? undefined : Array.isArray(o.embeddings) ? o.embeddings.join(',') : o.embeddings;
+        process.stdout.write(`${await dryRun(o.teacher, { ...OFFICIAL_DEFAULTS, ...pickDistillConfig(o) }, embeddings, backend.backend)}\n`);
+        return;
+      }
       if (o.out === undefined) throw new Error('missing required option --out (or "out" in --config)');
       await prepareRunFolder(o.out, { command: 'distill', resume, overwrite });
       const backend = await initBackend(backendFlag ?? o.backend);

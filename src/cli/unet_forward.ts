@@ -18,6 +18,7 @@ import { log } from '../log.ts';
 import { UNet2DConditionModel } from '../models/unet_2d_condition.ts';
 import { readSafetensors, writeSafetensors, type StoredTensor } from '../models/safetensors.ts';
 import { backendOption, int } from './options.ts';
+import { countParams, forwardMemoryPlan, inspectUNetWeights, refuseIfTooBigForWasm } from '../models/memory.ts';
 
 export interface UnetInputs {
   /** NCHW [B, C, H, W] float32. */
@@ -93,18 +94,32 @@ export interface UnetForwardOptions {
   inputs: string;
   out: string;
   batchSize?: number;
+  /** diffusers' variant: `fp16` reads diffusion_pytorch_model.fp16.safetensors. */
+  variant?: string;
 }
 
-/** The command as a function: load, check, run, write. Returns the output shape and seconds spent in the forward pass. */
-export async function unetForwardFile(opts: UnetForwardOptions): Promise<{ shape: number[]; seconds: number }> {
-  const unet = await UNet2DConditionModel.fromPretrained(opts.unet, { trainable: false });
+/**
+ * The command as a function: check that it fits (on wasm, refused before loading), load, check,
+ * run, write. Returns the output shape, seconds spent loading and in the forward pass.
+ */
+export async function unetForwardFile(opts: UnetForwardOptions): Promise<{ shape: number[]; seconds: number; loadSeconds: number; loadCpuSeconds: number }> {
+  const info = await inspectUNetWeights(opts.unet, opts.variant);
+  const inputs = parseUnetInputs((await readSafetensors(opts.inputs)).tensors, info.config, opts.inputs);
+  const [B, , H, W] = inputs.sample.shape;
+  const plan = forwardMemoryPlan(info.specs, info.config, Math.min(B, opts.batchSize ?? Infinity), [H, W], inputs.encoderHiddenStates.shape[1]);
+  refuseIfTooBigForWasm(plan, tf.getBackend(), `${opts.unet} (${countParams(info.specs).toLocaleString('en')} parameters)`);
+  const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
+  const unet = await UNet2DConditionModel.fromPretrained(opts.unet, { trainable: false, variant: opts.variant });
+  const loadSeconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const loadCpuSeconds = (cpu.user + cpu.system) / 1e6;
   try {
-    const inputs = parseUnetInputs((await readSafetensors(opts.inputs)).tensors, unet.config, opts.inputs);
-    const t0 = performance.now();
+    const t1 = performance.now();
     const out = unetForwardNCHW(unet, inputs, opts.batchSize);
-    const seconds = (performance.now() - t0) / 1000;
+    const seconds = (performance.now() - t1) / 1000;
     await writeSafetensors(opts.out, { out }, { format: 'pt' });
-    return { shape: out.shape, seconds };
+    return { shape: out.shape, seconds, loadSeconds, loadCpuSeconds };
   } finally {
     unet.dispose();
   }
@@ -118,11 +133,12 @@ export function register(program: Command): void {
     .requiredOption('--inputs <file>', 'safetensors with sample [B,C,H,W], timestep [B] (or scalar), encoder_hidden_states [B,L,D] (required)')
     .requiredOption('--out <file>', 'output safetensors (tensor `out`, [B,C,H,W] float32) (required)')
     .option('--batch-size <n>', 'samples per forward pass (default: the whole batch)', int(1))
+    .option('--variant <name>', "weights variant, as diffusers' from_pretrained(variant=...): fp16 reads diffusion_pytorch_model.fp16.safetensors")
     .addOption(backendOption())
     .action(async (opts: UnetForwardOptions & { backend?: string }) => {
       const backend = await initBackend(opts.backend);
       const r = await unetForwardFile(opts);
-      log.info({ backend: backend.backend, seconds: Number(r.seconds.toFixed(3)) }, 'unet-forward');
+      log.info({ backend: backend.backend, load_s: Number(r.loadSeconds.toFixed(3)), load_cpu_s: Number(r.loadCpuSeconds.toFixed(3)), seconds: Number(r.seconds.toFixed(3)), peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024) }, 'unet-forward');
       process.stdout.write(`${opts.out}: out [${r.shape.join(', ')}] float32\n`);
     });
 }

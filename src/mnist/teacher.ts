@@ -99,7 +99,7 @@ function gatherBatch(data: TrainingData, indices: number[], dropped: boolean[]):
 
 /** Writes the teacher in diffusers pipeline layout: `dir/unet/` (EMA weights) and `dir/scheduler/`. */
 export async function exportTeacher(dir: string, unet: UNet2DConditionModel, ema: EmaWeights | null): Promise<void> {
-  await unet.savePretrained(join(dir, 'unet'), ema ? unet.store.torchStateDict(ema.shadow) : undefined);
+  await unet.savePretrained(join(dir, 'unet'), ema?.shadow);
   await writeJsonAtomic(join(dir, 'scheduler', 'scheduler_config.json'), { ...TEACHER_SCHEDULER_CONFIG, _diffusers_version: '0.30.3' });
 }
 

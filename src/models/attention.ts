@@ -45,7 +45,9 @@ export class Attention {
     const k = this.splitHeads(this.to_k.forward(ctx));
     const v = this.splitHeads(this.to_v.forward(ctx));
     // q·kᵀ with an explicit transpose: wasm's transposed matmul is ~6x slower (matmul_grad.ts).
-    const scores = tf.mul(tf.matMul(q, tf.transpose(k, [0, 2, 1])), 1 / Math.sqrt(this.headDim));
+    // The 1/√d scale goes on q ([B·h, N, d]), not on the scores ([B·h, N, N]): a gradient tape then
+    // keeps one N×N tensor per attention (softmax's output) instead of two, and the scaling costs N·d.
+    const scores = tf.matMul(tf.mul(q, 1 / Math.sqrt(this.headDim)), tf.transpose(k, [0, 2, 1]));
     const out = this.mergeHeads(tf.matMul(tf.softmax(scores), v), hidden.shape[0]);
     return this.to_out.forward(out);
   }
@@ -109,7 +111,12 @@ export class Transformer2DModel {
     this.proj_out = opts.useLinearProjection ? new Linear(store, `${name}.proj_out`, inner, opts.inChannels) : new Conv2d(store, `${name}.proj_out`, inner, opts.inChannels, 1);
   }
 
+  /** In its own tf.tidy per transformer layer, as ResnetBlock2D.forward (resnet.ts). */
   forward(x: Tensor4D, encoderHiddenStates: Tensor3D): Tensor4D {
+    return tf.tidy(() => this.forwardUntidied(x, encoderHiddenStates));
+  }
+
+  private forwardUntidied(x: Tensor4D, encoderHiddenStates: Tensor3D): Tensor4D {
     const [b, h, w] = x.shape;
     const normed = this.norm.forward(x);
     // NHWC makes "permute(0,2,3,1).reshape(b, h·w, c)" a plain reshape.
@@ -120,7 +127,10 @@ export class Transformer2DModel {
     } else {
       seq = this.proj_in.forward(tf.reshape(normed, [b, h * w, normed.shape[3]]) as Tensor3D);
     }
-    for (const block of this.transformer_blocks) seq = block.forward(seq, encoderHiddenStates);
+    for (const block of this.transformer_blocks) {
+      const input = seq;
+      seq = tf.tidy(() => block.forward(input, encoderHiddenStates));
+    }
     const inner = seq.shape[2];
     const out =
       this.proj_out instanceof Conv2d

@@ -16,12 +16,29 @@ export interface AdamOptions {
   weightDecay?: number;
 }
 
+/** Values per Adam bucket: bounds the update's temporaries (a dozen bucket-sized tensors) to ~400 MB. */
+export const ADAM_BUCKET_VALUES = 8 * 1024 * 1024;
+
+/** Consecutive parameters updated as one flat buffer, with their moments. */
+interface AdamBucket {
+  names: string[];
+  sizes: number[];
+  /** Offsets inside the bucket. */
+  offsets: number[];
+  total: number;
+  expAvg: Variable;
+  expAvgSq: Variable;
+}
+
 /**
- * Adam over ONE flat buffer: the moments live in two flat Variables (parameter order, offsets kept
- * here) and each update concatenates the gradients and parameters, runs the dozen element-wise ops
- * once on the whole buffer, then copies the new values back into the parameters. Element-wise ops
- * compute each element alone, so this is bit-identical to the per-tensor update, with ~12 kernel
- * calls per step instead of ~12 per parameter (hundreds of small tensors in a UNet).
+ * Adam over flat buffers: consecutive parameters are grouped into buckets of at most
+ * ADAM_BUCKET_VALUES values (a larger parameter is a bucket alone); each bucket's moments live in
+ * two flat Variables, and each update concatenates the bucket's gradients and parameters, runs the
+ * dozen element-wise ops once on the whole buffer, then copies the new values back into the
+ * parameters. Element-wise ops compute each element alone, so this is bit-identical to the
+ * per-tensor update, with ~12 kernel calls per bucket instead of ~12 per parameter (hundreds of
+ * small tensors in a UNet), while the update's temporaries stay bucket-sized, not model-sized
+ * (one flat buffer for a 59 M-parameter UNet held a dozen 236 MB temporaries at once).
  */
 export class Adam {
   /** Mutable so a learning-rate schedule (e.g. warm-up) can set it before each step. */
@@ -32,58 +49,61 @@ export class Adam {
   readonly weightDecay: number;
   /** Number of steps taken (PyTorch's state['step']). */
   step = 0;
-  private readonly names: string[];
-  private readonly sizes: number[];
-  private readonly offsets: number[];
+  private readonly buckets: AdamBucket[] = [];
   private readonly total: number;
-  private readonly expAvg: Variable;
-  private readonly expAvgSq: Variable;
 
-  constructor(readonly params: Map<string, Variable>, options: AdamOptions) {
+  constructor(readonly params: Map<string, Variable>, options: AdamOptions, bucketValues = ADAM_BUCKET_VALUES) {
     this.lr = options.lr;
     this.beta1 = options.beta1 ?? 0.9;
     this.beta2 = options.beta2 ?? 0.999;
     this.eps = options.eps ?? 1e-8;
     this.weightDecay = options.weightDecay ?? 0;
-    this.names = [...params.keys()];
-    this.sizes = [...params.values()].map((p) => p.size);
-    this.offsets = [];
     let total = 0;
-    for (const n of this.sizes) {
-      this.offsets.push(total);
-      total += n;
+    let open: Omit<AdamBucket, 'expAvg' | 'expAvgSq'> | null = null;
+    const groups: Omit<AdamBucket, 'expAvg' | 'expAvgSq'>[] = [];
+    for (const [name, p] of params) {
+      if (!open || (open.total > 0 && open.total + p.size > bucketValues)) groups.push((open = { names: [], sizes: [], offsets: [], total: 0 }));
+      open.names.push(name);
+      open.sizes.push(p.size);
+      open.offsets.push(open.total);
+      open.total += p.size;
+      total += p.size;
     }
     this.total = total;
-    this.expAvg = tf.variable(tf.zeros([total]), false);
-    this.expAvgSq = tf.variable(tf.zeros([total]), false);
+    for (const g of groups) this.buckets.push({ ...g, expAvg: tf.variable(tf.zeros([g.total]), false), expAvgSq: tf.variable(tf.zeros([g.total]), false) });
   }
 
   /** One update from gradients keyed by parameter name (gradients are not disposed). */
   apply(grads: NamedGrads): void {
     this.step += 1;
     if (this.total === 0) return;
+    if (![...this.params.keys()].some((n) => grads.has(n))) return;
+    for (const bucket of this.buckets) this.applyBucket(bucket, grads);
+  }
+
+  private applyBucket(bucket: AdamBucket, grads: NamedGrads): void {
     const bc1 = 1 - this.beta1 ** this.step;
     const bc2 = 1 - this.beta2 ** this.step;
     const stepSize = this.lr / bc1;
-    const params = [...this.params.values()];
-    const missing = this.names.filter((n) => !grads.has(n));
-    if (missing.length === this.names.length) return;
+    const params = bucket.names.map((n) => this.params.get(n)!);
+    const missing = bucket.names.filter((n) => !grads.has(n));
+    if (missing.length === bucket.names.length) return;
     tf.tidy(() => {
       const flat = (ts: Tensor[]) => (ts.length === 1 ? tf.reshape(ts[0]!, [-1]) : tf.concat(ts.map((t) => tf.reshape(t, [-1]))));
       const p = flat(params);
-      let g = flat(this.names.map((n, i) => grads.get(n) ?? tf.zeros([this.sizes[i]!])));
+      let g = flat(bucket.names.map((n, i) => grads.get(n) ?? tf.zeros([bucket.sizes[i]!])));
       if (this.weightDecay) g = tf.add(g, tf.mul(p, this.weightDecay));
-      const m = this.expAvg;
-      const v = this.expAvgSq;
+      const m = bucket.expAvg;
+      const v = bucket.expAvgSq;
       let mNew = tf.add(tf.mul(m, this.beta1), tf.mul(g, 1 - this.beta1));
       let vNew = tf.add(tf.mul(v, this.beta2), tf.mul(tf.square(g), 1 - this.beta2));
       const denom = tf.add(tf.div(tf.sqrt(vNew), Math.sqrt(bc2)), this.eps);
       let pNew = tf.sub(p, tf.mul(tf.div(mNew, denom), stepSize));
       if (missing.length) {
         // PyTorch skips a parameter without a gradient: its moments and value stay as they are.
-        const keep = new Uint8Array(this.total).fill(1);
-        this.names.forEach((n, i) => {
-          if (!grads.has(n)) keep.fill(0, this.offsets[i]!, this.offsets[i]! + this.sizes[i]!);
+        const keep = new Uint8Array(bucket.total).fill(1);
+        bucket.names.forEach((n, i) => {
+          if (!grads.has(n)) keep.fill(0, bucket.offsets[i]!, bucket.offsets[i]! + bucket.sizes[i]!);
         });
         const mask = tf.tensor1d(keep, 'bool');
         mNew = tf.where(mask, mNew, m);
@@ -97,8 +117,8 @@ export class Adam {
       // tensors), a host copy ~10 ms. The bits are unchanged.
       const values = pNew.dataSync() as Float32Array;
       params.forEach((param, i) => {
-        if (!grads.has(this.names[i]!)) return;
-        param.assign(tf.tensor(values.subarray(this.offsets[i]!, this.offsets[i]! + this.sizes[i]!), param.shape, 'float32'));
+        if (!grads.has(bucket.names[i]!)) return;
+        param.assign(tf.tensor(values.subarray(bucket.offsets[i]!, bucket.offsets[i]! + bucket.sizes[i]!), param.shape, 'float32'));
       });
     });
   }
@@ -106,37 +126,43 @@ export class Adam {
   /** State as PyTorch names it: `<param>.exp_avg`, `<param>.exp_avg_sq` (tfjs layouts). */
   stateTensors(): Record<string, { shape: number[]; data: Float32Array }> {
     const out: Record<string, { shape: number[]; data: Float32Array }> = {};
-    for (const [suffix, store] of [['exp_avg', this.expAvg], ['exp_avg_sq', this.expAvgSq]] as const) {
-      const all = store.dataSync() as Float32Array;
-      this.names.forEach((name, i) => {
-        out[`${name}.${suffix}`] = { shape: this.params.get(name)!.shape, data: all.slice(this.offsets[i]!, this.offsets[i]! + this.sizes[i]!) };
-      });
+    for (const bucket of this.buckets) {
+      for (const suffix of ['exp_avg', 'exp_avg_sq'] as const) {
+        const all = (suffix === 'exp_avg' ? bucket.expAvg : bucket.expAvgSq).dataSync() as Float32Array;
+        bucket.names.forEach((name, i) => {
+          out[`${name}.${suffix}`] = { shape: this.params.get(name)!.shape, data: all.slice(bucket.offsets[i]!, bucket.offsets[i]! + bucket.sizes[i]!) };
+        });
+      }
     }
     return out;
   }
 
   loadState(step: number, tensors: Map<string, { shape: number[]; data: object }>, source = 'optimizer state'): void {
-    for (const [suffix, store] of [['exp_avg', this.expAvg], ['exp_avg_sq', this.expAvgSq]] as const) {
-      const all = new Float32Array(this.total);
-      this.names.forEach((name, i) => {
-        const t = tensors.get(`${name}.${suffix}`);
-        const shape = this.params.get(name)!.shape;
-        if (!t) throw new Error(`${source}: missing '${name}.${suffix}'`);
-        if (t.shape.join(',') !== shape.join(',')) throw new Error(`${source}: '${name}.${suffix}' has shape [${t.shape}], expected [${shape}]`);
-        const data = t.data as ArrayLike<number>;
-        if (data.length !== this.sizes[i]) throw new Error(`${source}: '${name}.${suffix}' holds ${data.length} values, expected ${this.sizes[i]}`);
-        all.set(data, this.offsets[i]!);
-      });
-      const value = tf.tensor1d(all);
-      store.assign(value);
-      value.dispose();
+    for (const bucket of this.buckets) {
+      for (const suffix of ['exp_avg', 'exp_avg_sq'] as const) {
+        const all = new Float32Array(bucket.total);
+        bucket.names.forEach((name, i) => {
+          const t = tensors.get(`${name}.${suffix}`);
+          const shape = this.params.get(name)!.shape;
+          if (!t) throw new Error(`${source}: missing '${name}.${suffix}'`);
+          if (t.shape.join(',') !== shape.join(',')) throw new Error(`${source}: '${name}.${suffix}' has shape [${t.shape}], expected [${shape}]`);
+          const data = t.data as ArrayLike<number>;
+          if (data.length !== bucket.sizes[i]) throw new Error(`${source}: '${name}.${suffix}' holds ${data.length} values, expected ${bucket.sizes[i]}`);
+          all.set(data, bucket.offsets[i]!);
+        });
+        const value = tf.tensor1d(all);
+        (suffix === 'exp_avg' ? bucket.expAvg : bucket.expAvgSq).assign(value);
+        value.dispose();
+      }
     }
     this.step = step;
   }
 
   dispose(): void {
-    this.expAvg.dispose();
-    this.expAvgSq.dispose();
+    for (const b of this.buckets) {
+      b.expAvg.dispose();
+      b.expAvgSq.dispose();
+    }
   }
 }
 
@@ -194,7 +220,8 @@ export class GradAccumulator {
 export function globalNorm(grads: Iterable<Tensor>): number {
   const list = [...grads];
   if (!list.length) return 0;
-  return tf.tidy(() => tf.sqrt(tf.addN(list.map((g) => tf.sum(tf.square(g))))).dataSync()[0]!);
+  // Each square is summed in its own tidy, so no more than one gradient-sized temporary is alive.
+  return tf.tidy(() => tf.sqrt(tf.addN(list.map((g) => tf.tidy(() => tf.sum(tf.square(g)))))).dataSync()[0]!);
 }
 
 /**
@@ -231,12 +258,11 @@ export class EmaWeights {
 
   /** shadow ← d·shadow + (1−d)·param, with d = `decay` (default: the constant decay). */
   update(decay = this.decay): void {
-    tf.tidy(() => {
-      for (const [name, p] of this.params) {
-        const s = this.shadow.get(name)!;
-        s.assign(decay === 0 ? tf.clone(p) : tf.add(tf.mul(s, decay), tf.mul(p, 1 - decay)));
-      }
-    });
+    // A tidy per parameter: the two scaled temporaries are freed at once, not after the last one.
+    for (const [name, p] of this.params) {
+      const s = this.shadow.get(name)!;
+      tf.tidy(() => s.assign(decay === 0 ? tf.clone(p) : tf.add(tf.mul(s, decay), tf.mul(p, 1 - decay))));
+    }
   }
 
   /** Current shadow values as plain arrays keyed by name (for checkpoints). */

@@ -7,6 +7,10 @@
  */
 import { tf } from '../tf.ts';
 import type { Tensor, Variable } from '../tf.ts';
+import { writeSafetensorsStreaming } from './safetensors.ts';
+
+/** Host copies in PyTorch layout, keyed by diffusers name. */
+export type HostArrays = Record<string, { shape: number[]; data: Float32Array }>;
 
 export type ParamKind = 'conv' | 'linear' | 'vector';
 
@@ -38,32 +42,63 @@ export function tfToTorch(kind: ParamKind, t: Tensor): Tensor {
 /** A deterministic stream of variable ids, so two models never collide in tfjs' registry. */
 let nextStoreId = 0;
 
+/**
+ * Where a new parameter's value comes from:
+ * - `random` (default): PyTorch's default initialisation, seeded;
+ * - `read`: the value in PyTorch layout, e.g. from a weights file: the variable is built from it
+ *   directly, so a loaded model is never randomly initialised first;
+ * - `specOnly`: nothing; names, kinds and shapes are recorded and no variable is made (memory
+ *   plans: a model's parameters from its config alone).
+ */
+export type ParamValues = { random: true } | { read: (name: string, torchShape: number[]) => Float32Array } | { specOnly: true };
+
+export interface ParamSpec {
+  name: string;
+  kind: ParamKind;
+  torchShape: number[];
+}
+
 export class ParamStore {
   readonly params = new Map<string, Param>();
   private readonly id = nextStoreId++;
   private seed: number;
 
   /** @param seed seeds the PyTorch-style default initialisation of new parameters. */
-  constructor(seed = 0, readonly trainable = true) {
+  constructor(seed = 0, readonly trainable = true, readonly values: ParamValues = { random: true }) {
     this.seed = seed * 100_003 + 1;
   }
 
   /**
-   * Creates a parameter initialised as PyTorch's nn.Conv2d / nn.Linear do (kaiming_uniform(a=√5):
-   * U(±1/√fan_in) for weight and bias), or to a constant for norms.
+   * Creates a parameter: read from `values.read` when the store has one, else initialised as
+   * PyTorch's nn.Conv2d / nn.Linear do (kaiming_uniform(a=√5): U(±1/√fan_in) for weight and bias),
+   * or to a constant for norms.
    */
   create(name: string, kind: ParamKind, torchShape: number[], init: { fanIn: number } | { constant: number }): Variable {
     if (this.params.has(name)) throw new Error(`duplicate parameter '${name}'`);
+    if ('specOnly' in this.values) {
+      // No variable: a spec-only store's model is never run (its layers only keep the reference).
+      const variable = null as unknown as Variable;
+      this.params.set(name, { name, kind, torchShape, variable });
+      return variable;
+    }
     const tfShape = kind === 'conv' ? [torchShape[2]!, torchShape[3]!, torchShape[1]!, torchShape[0]!] : kind === 'linear' ? [torchShape[1]!, torchShape[0]!] : torchShape;
+    const values = this.values;
     const value = tf.tidy(() => {
+      if ('read' in values) return torchToTf(kind, values.read(name, torchShape), torchShape);
       if ('constant' in init) return tf.fill(tfShape, init.constant);
       const bound = 1 / Math.sqrt(init.fanIn);
       return tf.randomUniform(tfShape, -bound, bound, 'float32', this.seed++);
     });
+    // tf.variable shares the value's data (no copy); disposing the value drops only its reference.
     const variable = tf.variable(value, this.trainable, `s${this.id}/${name}`);
     value.dispose();
     this.params.set(name, { name, kind, torchShape, variable });
     return variable;
+  }
+
+  /** Names, kinds and PyTorch shapes of every parameter. */
+  specs(): ParamSpec[] {
+    return [...this.params.values()].map(({ name, kind, torchShape }) => ({ name, kind, torchShape }));
   }
 
   get(name: string): Variable {
@@ -78,15 +113,35 @@ export class ParamStore {
   }
 
   /** PyTorch-layout copies of every parameter, or of `values` (e.g. EMA shadows) keyed like them. */
-  torchStateDict(values?: Map<string, Tensor>): Record<string, { shape: number[]; data: Float32Array }> {
-    const out: Record<string, { shape: number[]; data: Float32Array }> = {};
-    for (const [name, p] of this.params) {
-      const source = values?.get(name) ?? p.variable;
-      const t = tfToTorch(p.kind, source);
-      out[name] = { shape: p.torchShape, data: t.dataSync() as Float32Array };
-      t.dispose();
-    }
+  torchStateDict(values?: Map<string, Tensor>): HostArrays {
+    const out: HostArrays = {};
+    for (const name of this.params.keys()) out[name] = { shape: this.params.get(name)!.torchShape, data: this.torchValue(name, values) };
     return out;
+  }
+
+  /** One parameter (or its counterpart in `values`, e.g. an EMA shadow) copied to the host in PyTorch layout. */
+  torchValue(name: string, values?: Map<string, Tensor>): Float32Array {
+    const p = this.params.get(name);
+    if (!p) throw new Error(`no parameter '${name}'`);
+    const t = tfToTorch(p.kind, values?.get(name) ?? p.variable);
+    const data = t.dataSync() as Float32Array;
+    t.dispose();
+    return data;
+  }
+
+  /**
+   * Writes every parameter as float32 in PyTorch layout, streamed (one tensor on the host at a
+   * time; atomic). `values`: device tensors keyed like the parameters (an EMA shadow), or host
+   * arrays already in PyTorch layout (a snapshot); default the parameters themselves.
+   */
+  writeSafetensors(path: string, values?: Map<string, Tensor> | HostArrays, metadata: Record<string, string> = { format: 'pt' }): void {
+    const specs = Object.fromEntries([...this.params.values()].map((p) => [p.name, { shape: p.torchShape, dtype: 'F32' as const }]));
+    const produce = values instanceof Map || !values ? (name: string) => this.torchValue(name, values) : (name: string) => {
+      const host = values[name];
+      if (!host) throw new Error(`no value for parameter '${name}'`);
+      return host.data;
+    };
+    writeSafetensorsStreaming(path, specs, produce, metadata);
   }
 
   variables(filter?: (name: string) => boolean): Variable[] {
@@ -95,12 +150,12 @@ export class ParamStore {
 
   numParameters(): number {
     let n = 0;
-    for (const p of this.params.values()) n += p.variable.size;
+    for (const p of this.params.values()) n += p.torchShape.reduce((a, b) => a * b, 1);
     return n;
   }
 
   dispose(): void {
-    for (const p of this.params.values()) p.variable.dispose();
+    for (const p of this.params.values()) p.variable?.dispose();
     this.params.clear();
   }
 }

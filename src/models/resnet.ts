@@ -25,14 +25,20 @@ export class ResnetBlock2D {
 
   private readonly outputScaleFactor: number;
 
+  /**
+   * In its own tf.tidy: intermediates no gradient saved are freed when the block returns, not when
+   * the whole UNet pass ends (a gradient tape keeps what its backward needs regardless).
+   */
   forward(x: Tensor4D, temb: Tensor2D): Tensor4D {
-    let h = this.conv1.forward(silu(this.norm1.forward(x)));
-    const t = this.time_emb_proj.forward(silu(temb));
-    h = tf.add(h, tf.reshape(t, [t.shape[0], 1, 1, t.shape[1]]));
-    h = this.conv2.forward(silu(this.norm2.forward(h)));
-    const shortcut = this.conv_shortcut ? this.conv_shortcut.forward(x) : x;
-    const out: Tensor4D = tf.add(shortcut, h);
-    return this.outputScaleFactor === 1 ? out : tf.div(out, this.outputScaleFactor);
+    return tf.tidy(() => {
+      let h = this.conv1.forward(silu(this.norm1.forward(x)));
+      const t = this.time_emb_proj.forward(silu(temb));
+      h = tf.add(h, tf.reshape(t, [t.shape[0], 1, 1, t.shape[1]]));
+      h = this.conv2.forward(silu(this.norm2.forward(h)));
+      const shortcut = this.conv_shortcut ? this.conv_shortcut.forward(x) : x;
+      const out: Tensor4D = tf.add(shortcut, h);
+      return this.outputScaleFactor === 1 ? out : tf.div(out, this.outputScaleFactor);
+    });
   }
 }
 

@@ -3,11 +3,16 @@
  * 8-byte little-endian header length, a JSON header `{name: {dtype, shape, data_offsets}}` plus an
  * optional `__metadata__` of strings, then the raw little-endian buffers.
  *
- * tfjs has no float16: F16 and BF16 are widened to float32 on read. Writes are atomic (temp file
- * then rename), so a crash never leaves a half-written checkpoint.
+ * Files are read tensor by tensor with positioned reads (`SafetensorsFileReader`): only the header
+ * and one tensor are in memory at a time, so a file's size is limited by the disk, not by Node's
+ * 2 GiB buffer limit. Writes stream the same way (header, then one tensor at a time) into a temp
+ * file that is renamed over the target, so a crash never leaves a half-written checkpoint.
+ *
+ * tfjs has no float16: F16 and BF16 are widened to float32 on read (exactly: every half and bfloat
+ * value is a float32 value).
  */
-import { readFile } from 'node:fs/promises';
-import { writeFileAtomic } from '../util/fs.ts';
+import { closeSync, fstatSync, openSync, readSync, writeSync, renameSync, rmSync, mkdirSync } from 'node:fs';
+import { dirname, join, basename } from 'node:path';
 
 export type DType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 export type TypedArray = Float32Array | Float64Array | Int32Array | BigInt64Array | Int16Array | Int8Array | Uint8Array;
@@ -24,20 +29,37 @@ export interface SafetensorsFile {
   metadata: Record<string, string>;
 }
 
-const BYTES: Record<DType, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1 };
-
-function f16ToF32(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * 2 ** -14 * (frac / 1024);
-  if (exp === 0x1f) return frac ? NaN : sign * Infinity;
-  return sign * 2 ** (exp - 15) * (1 + frac / 1024);
+/** Where one tensor lies: `begin`/`end` are absolute byte offsets in `file`. */
+export interface TensorEntry {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  file: string;
+  begin: number;
+  end: number;
 }
 
-function decode(dtype: DType, bytes: Uint8Array, count: number, where: string): TypedArray {
-  // Copy into an aligned buffer: offsets inside the file need not be aligned to the element size.
-  const buf = bytes.slice().buffer;
+export const BYTES: Record<DType, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1 };
+
+/** Largest header the reader accepts (the Python library's limit is 100 MB). */
+const MAX_HEADER_BYTES = 100_000_000;
+
+/** Half → single, by table (65,536 entries, built on first use): exact, and ~10× faster than arithmetic. */
+let F16_TABLE: Float32Array | null = null;
+function f16Table(): Float32Array {
+  if (F16_TABLE) return F16_TABLE;
+  const table = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = h & 0x8000 ? -1 : 1;
+    const exp = (h >> 10) & 0x1f;
+    const frac = h & 0x3ff;
+    table[h] = exp === 0 ? sign * 2 ** -14 * (frac / 1024) : exp === 0x1f ? (frac ? NaN : sign * Infinity) : sign * 2 ** (exp - 15) * (1 + frac / 1024);
+  }
+  return (F16_TABLE = table);
+}
+
+/** Decodes raw little-endian bytes (aligned: a fresh buffer) into a typed array; F16/BF16 widened to float32. */
+function decode(dtype: DType, buf: ArrayBuffer, count: number, where: string): TypedArray {
   switch (dtype) {
     case 'F32': return new Float32Array(buf, 0, count);
     case 'F64': return new Float64Array(buf, 0, count);
@@ -48,8 +70,9 @@ function decode(dtype: DType, bytes: Uint8Array, count: number, where: string): 
     case 'U8': case 'BOOL': return new Uint8Array(buf, 0, count);
     case 'F16': {
       const src = new Uint16Array(buf, 0, count);
+      const table = f16Table();
       const out = new Float32Array(count);
-      for (let i = 0; i < count; i++) out[i] = f16ToF32(src[i]!);
+      for (let i = 0; i < count; i++) out[i] = table[src[i]!]!;
       return out;
     }
     case 'BF16': {
@@ -62,38 +85,133 @@ function decode(dtype: DType, bytes: Uint8Array, count: number, where: string): 
   }
 }
 
-export function parseSafetensors(bytes: Uint8Array, file = '<buffer>'): SafetensorsFile {
-  if (bytes.length < 8) throw new Error(`${file}: not a safetensors file (${bytes.length} bytes, no header)`);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const headerLen = Number(view.getBigUint64(0, true));
-  if (headerLen > bytes.length - 8) throw new Error(`${file}: truncated safetensors file (header says ${headerLen} bytes, file has ${bytes.length - 8})`);
-  let header: Record<string, { dtype: DType; shape: number[]; data_offsets: [number, number] } | Record<string, string>>;
+/** Parses and checks a header (the JSON text); offsets become absolute (`dataStart` added). */
+function parseHeader(json: string, dataStart: number, fileSize: number, file: string): { entries: Map<string, TensorEntry>; metadata: Record<string, string> } {
+  let header: Record<string, unknown>;
   try {
-    header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLen)));
+    header = JSON.parse(json) as Record<string, unknown>;
   } catch (err) {
     throw new Error(`${file}: safetensors header is not valid JSON (${(err as Error).message})`);
   }
-  const dataStart = 8 + headerLen;
-  const tensors = new Map<string, StoredTensor>();
+  if (!header || typeof header !== 'object' || Array.isArray(header)) throw new Error(`${file}: safetensors header is not a JSON object`);
+  const entries = new Map<string, TensorEntry>();
   let metadata: Record<string, string> = {};
-  for (const [name, entry] of Object.entries(header)) {
+  for (const [name, raw] of Object.entries(header)) {
     if (name === '__metadata__') {
-      metadata = entry as Record<string, string>;
+      metadata = raw as Record<string, string>;
       continue;
     }
-    const { dtype, shape, data_offsets: [begin, end] } = entry as { dtype: DType; shape: number[]; data_offsets: [number, number] };
     const where = `${file}: tensor '${name}'`;
-    if (!(dtype in BYTES)) throw new Error(`${where}: unsupported dtype '${dtype}'`);
+    const { dtype, shape, data_offsets: offsets } = (raw ?? {}) as { dtype?: DType; shape?: number[]; data_offsets?: [number, number] };
+    if (!dtype || !(dtype in BYTES)) throw new Error(`${where}: unsupported dtype '${String(dtype)}'`);
+    if (!Array.isArray(shape) || shape.some((d) => !Number.isInteger(d) || d < 0)) throw new Error(`${where}: invalid shape ${JSON.stringify(shape)}`);
+    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) throw new Error(`${where}: invalid data_offsets ${JSON.stringify(offsets)}`);
+    const [begin, end] = offsets;
     const count = shape.reduce((a, b) => a * b, 1);
     if (end - begin !== count * BYTES[dtype]) throw new Error(`${where}: ${end - begin} bytes for shape [${shape}] of ${dtype}`);
-    if (dataStart + end > bytes.length) throw new Error(`${where}: data runs past the end of the file (truncated?)`);
-    tensors.set(name, { dtype, shape, data: decode(dtype, bytes.subarray(dataStart + begin, dataStart + end), count, where) });
+    if (dataStart + end > fileSize) throw new Error(`${where}: data runs past the end of the file (truncated? the file has ${fileSize} bytes, the tensor ends at ${dataStart + end})`);
+    entries.set(name, { name, dtype, shape, file, begin: dataStart + begin, end: dataStart + end });
+  }
+  return { entries, metadata };
+}
+
+/** Parses a whole file held in memory (small files: fixtures, inputs). */
+export function parseSafetensors(bytes: Uint8Array, file = '<buffer>'): SafetensorsFile {
+  if (bytes.length < 8) throw new Error(`${file}: not a safetensors file (${bytes.length} bytes, no header)`);
+  const headerLen = Number(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getBigUint64(0, true));
+  if (headerLen > bytes.length - 8) throw new Error(`${file}: truncated safetensors file (header says ${headerLen} bytes, file has ${bytes.length - 8})`);
+  const { entries, metadata } = parseHeader(new TextDecoder().decode(bytes.subarray(8, 8 + headerLen)), 8 + headerLen, bytes.length, file);
+  const tensors = new Map<string, StoredTensor>();
+  for (const e of entries.values()) {
+    const count = e.shape.reduce((a, b) => a * b, 1);
+    tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data: decode(e.dtype, bytes.slice(e.begin, e.end).buffer, count, `${file}: tensor '${e.name}'`) });
   }
   return { tensors, metadata };
 }
 
+/**
+ * One safetensors file, open for positioned reads: the header is parsed on open, each tensor is
+ * read when asked for. Synchronous, so that models can take their weights while they are built.
+ */
+export class SafetensorsFileReader {
+  private fd: number | null;
+
+  private constructor(readonly path: string, fd: number, readonly entries: Map<string, TensorEntry>, readonly metadata: Record<string, string>) {
+    this.fd = fd;
+  }
+
+  static open(path: string): SafetensorsFileReader {
+    let fd: number;
+    try {
+      fd = openSync(path, 'r');
+    } catch (err) {
+      throw new Error(`${path}: cannot open safetensors file (${(err as Error).message})`);
+    }
+    try {
+      const size = fstatSync(fd).size;
+      if (size < 8) throw new Error(`${path}: not a safetensors file (${size} bytes, no header)`);
+      const lenBytes = Buffer.alloc(8);
+      readFully(fd, lenBytes, 0, path);
+      const headerLen = Number(lenBytes.readBigUInt64LE(0));
+      if (headerLen > size - 8) throw new Error(`${path}: truncated safetensors file (header says ${headerLen} bytes, file has ${size - 8})`);
+      if (headerLen > MAX_HEADER_BYTES) throw new Error(`${path}: safetensors header of ${headerLen} bytes is larger than ${MAX_HEADER_BYTES} (not a safetensors file?)`);
+      const headerBytes = Buffer.alloc(headerLen);
+      readFully(fd, headerBytes, 8, path);
+      const { entries, metadata } = parseHeader(headerBytes.toString('utf8'), 8 + headerLen, size, path);
+      return new SafetensorsFileReader(path, fd, entries, metadata);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+  }
+
+  /** Reads one tensor (F16/BF16 widened to float32). */
+  read(name: string): StoredTensor {
+    const e = this.entries.get(name);
+    if (!e) throw new Error(`${this.path}: no tensor '${name}'`);
+    if (this.fd === null) throw new Error(`${this.path}: read of '${name}' after close`);
+    const bytes = new Uint8Array(e.end - e.begin);
+    readFully(this.fd, bytes, e.begin, `${this.path}: tensor '${name}'`);
+    return { dtype: e.dtype, shape: e.shape, data: decode(e.dtype, bytes.buffer, e.shape.reduce((a, b) => a * b, 1), `${this.path}: tensor '${name}'`) };
+  }
+
+  /** Every tensor, in file order (small files only: they are all held at once). */
+  readAll(): Map<string, StoredTensor> {
+    return new Map([...this.entries.keys()].map((name) => [name, this.read(name)]));
+  }
+
+  close(): void {
+    if (this.fd !== null) closeSync(this.fd);
+    this.fd = null;
+  }
+}
+
+/** Positioned read of exactly `target.length` bytes (readSync may return fewer; 2 GiB per call at most). */
+function readFully(fd: number, target: Uint8Array, position: number, where: string): void {
+  const CHUNK = 1 << 30;
+  let done = 0;
+  while (done < target.length) {
+    const n = readSync(fd, target, done, Math.min(CHUNK, target.length - done), position + done);
+    if (n === 0) throw new Error(`${where}: unexpected end of file at byte ${position + done}`);
+    done += n;
+  }
+}
+
+/** Header only: tensor names, dtypes, shapes and offsets, without reading any tensor data. */
+export function readSafetensorsHeader(path: string): { entries: Map<string, TensorEntry>; metadata: Record<string, string> } {
+  const reader = SafetensorsFileReader.open(path);
+  reader.close();
+  return { entries: reader.entries, metadata: reader.metadata };
+}
+
+/** Every tensor of a file (read tensor by tensor, so files over 2 GiB work; all are held at the end). */
 export async function readSafetensors(path: string): Promise<SafetensorsFile> {
-  return parseSafetensors(new Uint8Array(await readFile(path)), path);
+  const reader = SafetensorsFileReader.open(path);
+  try {
+    return { tensors: reader.readAll(), metadata: reader.metadata };
+  } finally {
+    reader.close();
+  }
 }
 
 function dtypeOf(data: TypedArray): DType {
@@ -106,27 +224,42 @@ function dtypeOf(data: TypedArray): DType {
   return 'U8';
 }
 
-/** Serialises tensors (sorted by name, as the Python library does) into one buffer. */
-export function serializeSafetensors(tensors: Record<string, { shape: number[]; data: TypedArray; dtype?: DType }>, metadata?: Record<string, string>): Uint8Array {
-  const names = Object.keys(tensors).sort();
+/** What the streaming writer needs to know of a tensor before its data is produced. */
+export interface TensorSpec {
+  shape: number[];
+  dtype: DType;
+}
+
+type Tensors = Record<string, { shape: number[]; data: TypedArray; dtype?: DType }>;
+
+/** The header bytes (names sorted, as the Python library writes them; data start aligned to 8) and each tensor's offset. */
+function buildHeader(specs: Record<string, TensorSpec>, metadata?: Record<string, string>): { bytes: Uint8Array; names: string[]; total: number } {
+  const names = Object.keys(specs).sort();
   const header: Record<string, unknown> = {};
   if (metadata && Object.keys(metadata).length) header.__metadata__ = metadata;
   let offset = 0;
   for (const name of names) {
-    const t = tensors[name]!;
-    const count = t.shape.reduce((a, b) => a * b, 1);
-    if (count !== t.data.length) throw new Error(`tensor '${name}': shape [${t.shape}] holds ${count} values, data has ${t.data.length}`);
-    const dtype = t.dtype ?? dtypeOf(t.data);
-    header[name] = { dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
-    offset += t.data.byteLength;
+    const { shape, dtype } = specs[name]!;
+    const bytes = shape.reduce((a, b) => a * b, 1) * BYTES[dtype];
+    header[name] = { dtype, shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
   }
   let json = JSON.stringify(header);
-  json += ' '.repeat((8 - ((json.length + 8) % 8)) % 8); // align the data start to 8 bytes
+  json += ' '.repeat((8 - ((Buffer.byteLength(json) + 8) % 8)) % 8);
   const headerBytes = new TextEncoder().encode(json);
-  const out = new Uint8Array(8 + headerBytes.length + offset);
-  new DataView(out.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
-  out.set(headerBytes, 8);
-  let pos = 8 + headerBytes.length;
+  const bytes = new Uint8Array(8 + headerBytes.length);
+  new DataView(bytes.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
+  bytes.set(headerBytes, 8);
+  return { bytes, names, total: offset };
+}
+
+/** Serialises small tensor sets into one buffer (sorted by name, as the Python library does). */
+export function serializeSafetensors(tensors: Tensors, metadata?: Record<string, string>): Uint8Array {
+  const specs = specsOf(tensors);
+  const { bytes, names, total } = buildHeader(specs, metadata);
+  const out = new Uint8Array(bytes.length + total);
+  out.set(bytes, 0);
+  let pos = bytes.length;
   for (const name of names) {
     const d = tensors[name]!.data;
     out.set(new Uint8Array(d.buffer, d.byteOffset, d.byteLength), pos);
@@ -135,6 +268,55 @@ export function serializeSafetensors(tensors: Record<string, { shape: number[]; 
   return out;
 }
 
-export async function writeSafetensors(path: string, tensors: Record<string, { shape: number[]; data: TypedArray; dtype?: DType }>, metadata?: Record<string, string>): Promise<void> {
-  await writeFileAtomic(path, serializeSafetensors(tensors, metadata));
+function specsOf(tensors: Tensors): Record<string, TensorSpec> {
+  const specs: Record<string, TensorSpec> = {};
+  for (const [name, t] of Object.entries(tensors)) {
+    const count = t.shape.reduce((a, b) => a * b, 1);
+    if (count !== t.data.length) throw new Error(`tensor '${name}': shape [${t.shape}] holds ${count} values, data has ${t.data.length}`);
+    specs[name] = { shape: t.shape, dtype: t.dtype ?? dtypeOf(t.data) };
+  }
+  return specs;
+}
+
+/**
+ * Streams a safetensors file: the header from `specs`, then each tensor's bytes from `produce(name)`,
+ * called once per tensor in file order and released before the next, so memory holds one tensor at
+ * a time. Written synchronously (the values are those of the moment of the call, even while a
+ * training stream goes on) into a temp file beside `path`, then renamed over it.
+ */
+export function writeSafetensorsStreaming(path: string, specs: Record<string, TensorSpec>, produce: (name: string) => TypedArray, metadata?: Record<string, string>): void {
+  const { bytes, names } = buildHeader(specs, metadata);
+  mkdirSync(dirname(path), { recursive: true });
+  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Date.now()}`);
+  let fd: number | null = null;
+  try {
+    fd = openSync(tmp, 'w');
+    writeFully(fd, bytes);
+    for (const name of names) {
+      const spec = specs[name]!;
+      const data = produce(name);
+      const count = spec.shape.reduce((a, b) => a * b, 1);
+      if (data.length !== count) throw new Error(`${path}: tensor '${name}': shape [${spec.shape}] holds ${count} values, data has ${data.length}`);
+      if (dtypeOf(data) !== spec.dtype && !(spec.dtype === 'BOOL' && data instanceof Uint8Array)) throw new Error(`${path}: tensor '${name}': declared ${spec.dtype}, data is ${dtypeOf(data)}`);
+      writeFully(fd, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    }
+    closeSync(fd);
+    fd = null;
+    renameSync(tmp, path);
+  } catch (err) {
+    if (fd !== null) closeSync(fd);
+    rmSync(tmp, { force: true });
+    throw err instanceof Error && !err.message.includes(path) ? new Error(`${path}: cannot write (${err.message})`) : err;
+  }
+}
+
+function writeFully(fd: number, data: Uint8Array): void {
+  const CHUNK = 1 << 30;
+  let done = 0;
+  while (done < data.length) done += writeSync(fd, data, done, Math.min(CHUNK, data.length - done));
+}
+
+/** Writes tensors held in memory (streamed to disk one tensor at a time; atomic). */
+export async function writeSafetensors(path: string, tensors: Tensors, metadata?: Record<string, string>): Promise<void> {
+  writeSafetensorsStreaming(path, specsOf(tensors), (name) => tensors[name]!.data, metadata);
 }

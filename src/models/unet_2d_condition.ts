@@ -5,12 +5,13 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf } from '../tf.ts';
-import type { Tensor3D, Tensor4D, Variable } from '../tf.ts';
-import { ParamStore, torchToTf } from './params.ts';
+import type { Tensor, Tensor3D, Tensor4D, Variable } from '../tf.ts';
+import { ParamStore, torchToTf, type HostArrays, type ParamSpec } from './params.ts';
 import { Conv2d, GroupNorm, silu, type LoraState } from './layers.ts';
 import { TimestepEmbedding, timestepTensor } from './embeddings.ts';
 import { DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D } from './unet_2d_blocks.ts';
-import { readSafetensors, writeSafetensors, type StoredTensor } from './safetensors.ts';
+import type { StoredTensor } from './safetensors.ts';
+import { mapSource, WeightFiles, type TensorSource } from './weights.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 
 export const WEIGHTS_NAME = 'diffusion_pytorch_model.safetensors';
@@ -124,6 +125,41 @@ export function parseUNetConfig(raw: Record<string, unknown>, source = 'config.j
   return config;
 }
 
+export async function readUNetConfig(configPath: string): Promise<Record<string, unknown>> {
+  try {
+    return JSON.parse(await readFile(configPath, 'utf8')) as Record<string, unknown>;
+  } catch (err) {
+    throw new Error(`${configPath}: cannot read the UNet config (${(err as Error).message})`);
+  }
+}
+
+/** Missing, unexpected and mis-shaped keys of `source` against the model's parameters, as one error naming the source. */
+export function checkAgainst(specs: ParamSpec[], source: TensorSource, what = 'the UNet config'): void {
+  const expected = new Map(specs.map((p) => [p.name, p]));
+  const missing = specs.filter((p) => !source.entries.has(p.name)).map((p) => p.name);
+  const unexpected = [...source.entries.keys()].filter((k) => !expected.has(k));
+  const misShaped: string[] = [];
+  for (const p of specs) {
+    const t = source.entries.get(p.name);
+    if (t && t.shape.join(',') !== p.torchShape.join(',')) misShaped.push(`${p.name}: file [${t.shape}] vs model [${p.torchShape}]`);
+  }
+  const problems = [
+    missing.length ? `missing keys (${missing.length}): ${missing.join(', ')}` : '',
+    unexpected.length ? `unexpected keys (${unexpected.length}): ${unexpected.join(', ')}` : '',
+    misShaped.length ? `mis-shaped keys (${misShaped.length}): ${misShaped.join('; ')}` : '',
+  ].filter(Boolean);
+  if (problems.length) throw new Error(`${source.description} does not match ${what}:\n  ${problems.join('\n  ')}`);
+}
+
+/** One tensor as float32 (F16/BF16 are widened on read; F64 narrowed, as torch's .float() does); other dtypes are refused, naming the file and key. */
+export function readFloat32(source: TensorSource, name: string): Float32Array {
+  const t = source.read(name);
+  if (t.data instanceof Float32Array) return t.data;
+  if (t.data instanceof Float64Array) return Float32Array.from(t.data);
+  const file = source.entries.get(name)?.file ?? source.description;
+  throw new Error(`${file}: tensor '${name}' has dtype ${t.dtype}; model weights must be F32, F16, BF16 or F64`);
+}
+
 export class UNet2DConditionModel {
   readonly conv_in: Conv2d;
   readonly time_embedding: TimestepEmbedding;
@@ -188,57 +224,55 @@ export class UNet2DConditionModel {
     return new UNet2DConditionModel(config, new ParamStore(options.seed ?? 0, options.trainable ?? true));
   }
 
-  /** Loads `dir/config.json` and `dir/diffusion_pytorch_model.safetensors`. */
-  static async fromPretrained(dir: string, options: { trainable?: boolean } = {}): Promise<UNet2DConditionModel> {
-    const configPath = join(dir, CONFIG_NAME);
-    let raw: Record<string, unknown>;
-    try {
-      raw = JSON.parse(await readFile(configPath, 'utf8'));
-    } catch (err) {
-      throw new Error(`${configPath}: cannot read the UNet config (${(err as Error).message})`);
-    }
-    const model = UNet2DConditionModel.fromConfig(raw, { ...options, source: configPath });
-    try {
-      const weightsPath = join(dir, WEIGHTS_NAME);
-      model.loadStateDict((await readSafetensors(weightsPath)).tensors, weightsPath);
-    } catch (err) {
-      model.dispose();
-      throw err;
-    }
-    return model;
+  /** Every parameter's diffusers name, kind and PyTorch shape for a config, without allocating any. */
+  static parameterSpecs(raw: Record<string, unknown>, source?: string): ParamSpec[] {
+    return new UNet2DConditionModel(parseUNetConfig(raw, source), new ParamStore(0, false, { specOnly: true })).store.specs();
   }
 
-  /** Assigns every parameter from a PyTorch-layout state dict; any missing, unexpected or mis-shaped key is an error. */
-  loadStateDict(tensors: Map<string, StoredTensor>, source = 'state dict'): void {
-    const missing = [...this.store.params.keys()].filter((k) => !tensors.has(k));
-    const unexpected = [...tensors.keys()].filter((k) => !this.store.params.has(k));
-    const misShaped: string[] = [];
-    for (const [name, p] of this.store.params) {
-      const t = tensors.get(name);
-      if (t && t.shape.join(',') !== p.torchShape.join(',')) misShaped.push(`${name}: file [${t.shape}] vs model [${p.torchShape}]`);
+  /**
+   * Loads `dir/config.json` and the weights as diffusers' `from_pretrained` finds them:
+   * `diffusion_pytorch_model[.variant].safetensors` or its sharded index. Every variable is built
+   * from the file's tensor (read one at a time; F16/BF16 widened), never initialised first.
+   */
+  static async fromPretrained(dir: string, options: { trainable?: boolean; variant?: string } = {}): Promise<UNet2DConditionModel> {
+    const configPath = join(dir, CONFIG_NAME);
+    const raw = await readUNetConfig(configPath);
+    const config = parseUNetConfig(raw, configPath);
+    const weights = WeightFiles.open(dir, WEIGHTS_NAME, options.variant);
+    try {
+      checkAgainst(UNet2DConditionModel.parameterSpecs(raw, configPath), weights);
+      return new UNet2DConditionModel(config, new ParamStore(0, options.trainable ?? true, { read: (name) => readFloat32(weights, name) }));
+    } finally {
+      weights.close();
     }
-    const problems = [
-      missing.length ? `missing keys (${missing.length}): ${missing.join(', ')}` : '',
-      unexpected.length ? `unexpected keys (${unexpected.length}): ${unexpected.join(', ')}` : '',
-      misShaped.length ? `mis-shaped keys (${misShaped.length}): ${misShaped.join('; ')}` : '',
-    ].filter(Boolean);
-    if (problems.length) throw new Error(`${source} does not match the UNet config:\n  ${problems.join('\n  ')}`);
+  }
+
+  /**
+   * Assigns every parameter from a PyTorch-layout state dict or weight files, one tensor at a time;
+   * any missing, unexpected or mis-shaped key is an error naming the source.
+   */
+  loadStateDict(tensors: Map<string, StoredTensor> | TensorSource, source = 'state dict'): void {
+    const from = tensors instanceof Map ? mapSource(tensors, source) : tensors;
+    checkAgainst(this.store.specs(), from);
     for (const [name, p] of this.store.params) {
-      const t = tensors.get(name)!;
-      const value = torchToTf(p.kind, t.data as Float32Array, t.shape);
+      const value = torchToTf(p.kind, readFloat32(from, name), p.torchShape);
       p.variable.assign(value);
       value.dispose();
     }
   }
 
   /** PyTorch-layout copies of every parameter (caller owns the arrays). */
-  stateDict(): Record<string, { shape: number[]; data: Float32Array }> {
+  stateDict(): HostArrays {
     return this.store.torchStateDict();
   }
 
-  /** Writes `dir/config.json` and `dir/diffusion_pytorch_model.safetensors` (each atomically). */
-  async savePretrained(dir: string, weights?: Record<string, { shape: number[]; data: Float32Array }>): Promise<void> {
-    await writeSafetensors(join(dir, WEIGHTS_NAME), weights ?? this.stateDict(), { format: 'pt' });
+  /**
+   * Writes `dir/config.json` and `dir/diffusion_pytorch_model.safetensors` (each atomically; the
+   * weights streamed one tensor at a time). `weights`: device tensors keyed like the parameters
+   * (e.g. the EMA shadow) or host arrays in PyTorch layout; default the parameters.
+   */
+  async savePretrained(dir: string, weights?: Map<string, Tensor> | HostArrays): Promise<void> {
+    this.store.writeSafetensors(join(dir, WEIGHTS_NAME), weights);
     await writeJsonAtomic(join(dir, CONFIG_NAME), { _class_name: 'UNet2DConditionModel', _diffusers_version: '0.30.3', ...this.config });
   }
 

@@ -1,8 +1,9 @@
 /**
- * checkpoint: every `every` optimiser steps (and at any window end where `force(ctx)` holds, e.g.
- * after SIGINT/SIGTERM or at the run's last step) snapshots the training state synchronously, then writes it
- * as `OUT/checkpoint-<step>/` through a temp folder and a rename, keeping the newest `keep`.
- * The context passes on once the files are in place. Holds no tensors.
+ * checkpoint: every `every` optimiser steps, on the run's last step (`ctx.last`, set by distill's
+ * `stopAfter`: the run's end, or a stop request) and at any window end where `force(ctx)` holds,
+ * snapshots the training state synchronously, then writes it as `OUT/checkpoint-<step>/` through a
+ * temp folder and a rename, keeping the newest `keep`. The context passes on once the files are in
+ * place. Holds no tensors.
  */
 import { concatMap, endWith, from, ignoreElements, of, type Observable, type OperatorFunction } from 'rxjs';
 import type { StepContext } from './context.ts';
@@ -16,14 +17,14 @@ export interface CheckpointOptions {
   out: string;
   every: number;
   keep?: number;
-  /** Also checkpoint at this window's end (e.g. a stop was requested, or it is the run's last step). */
+  /** Also checkpoint at this window's end. */
   force?: (ctx: StepContext) => boolean;
   /** Replaces the file writing (tests inject a fake, e.g. one that takes virtual time). */
   save?: (step: number, snapshot: TrainingSnapshot) => Observable<unknown> | Promise<unknown>;
 }
 
 export function shouldCheckpoint(ctx: StepContext, every: number, force?: (ctx: StepContext) => boolean): boolean {
-  return ctx.closesWindow && (ctx.step % every === 0 || Boolean(force?.(ctx)));
+  return ctx.closesWindow && (ctx.step % every === 0 || ctx.last === true || Boolean(force?.(ctx)));
 }
 
 export function checkpoint(state: DistillState, options: CheckpointOptions): OperatorFunction<StepContext, StepContext> {

@@ -71,7 +71,7 @@ export interface StepContext {
   onReplica?: number;
   /**
    * True on the run's last micro-batch (distill's `stopAfter` said so when the step was computed):
-   * no micro-batch after it is let into the chain.
+   * the stream completes after it. Operators after the step may act on it (checkpoint saves on it).
    */
   last?: boolean;
 }

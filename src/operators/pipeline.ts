@@ -7,7 +7,7 @@
  * Backpressure: the embedding source emits at most `prefetch` batches beyond the ones the tail has
  * acknowledged, so a slow operator (or a slow subscriber) stops the reading of row groups.
  */
-import { Observable, Subject, defer, finalize, map, pipe, tap, type OperatorFunction, type SchedulerLike } from 'rxjs';
+import { Observable, Subject, defer, identity, map, pipe, tap, type OperatorFunction, type SchedulerLike } from 'rxjs';
 import { tf } from '../tf.ts';
 import type { EmbeddingBatch } from '../streams/reader.ts';
 import { type StepContext, createStepContext, disposeContext } from './context.ts';
@@ -69,11 +69,17 @@ export interface DistillStreamOptions {
   /** Operators after the SwiftBrush step (checkpoint, validation, metrics, progress, your own). */
   operators?: OperatorFunction<StepContext, StepContext>[];
   /**
-   * Whether this micro-batch is the run's last. Asked once per micro-batch, when it has left the
-   * SwiftBrush step and before `operators` see it; a yes is kept as `ctx.last`, and no micro-batch
-   * after it is let in (none is computed beyond the run's last step).
+   * Whether this micro-batch is the run's last (normally one that closes a window: the run's last
+   * step, or a stop was requested). Asked once per micro-batch, when it has left the SwiftBrush step
+   * and before `operators` see it; a yes is kept as `ctx.last` (the checkpoint operator saves on
+   * it). After a last micro-batch the stream completes: none beyond it is let in or computed.
    */
   stopAfter?: (ctx: StepContext) => boolean;
+  /**
+   * Runs after the SwiftBrush step, before `stopAfter` is asked (the run lets the event loop turn
+   * there, so that a signal that came during the step has been handled when the stop is decided).
+   */
+  settle?: OperatorFunction<StepContext, StepContext>;
   scheduler?: SchedulerLike;
 }
 
@@ -124,39 +130,47 @@ export function oneAtATime<T>(release: Observable<unknown>, onTake: () => void):
  * The whole distillation as an Observable of finished steps (contexts that hold no tensors).
  *
  * Micro-batches go through the chain strictly one at a time: the next enters only when the
- * previous one has left the last operator (so an asynchronous operator — a checkpoint being
- * written — never sees weights from a later step, and a run that stops at step N exports step N).
+ * previous one has left the last operator and the subscriber's `next` has returned (so an
+ * asynchronous operator — a checkpoint being written — never sees weights from a later step, and a
+ * subscriber that stops the stream, e.g. with `take`, stops it before another micro-batch is computed).
+ * With `stopAfter`, the stream completes after the run's last micro-batch; nothing after it is
+ * computed, so the state then holds exactly that step's weights.
  * The source is credited as each batch enters, so it decodes at most `prefetch` batches ahead.
  * Unsubscribing or an error disposes the in-flight context's tensors and closes the source.
  */
 export function distill(state: DistillState, options: DistillStreamOptions): Observable<StepContext> {
-  return defer(() => {
+  return new Observable<StepContext>((subscriber) => {
     const demand = new Subject<void>();
     const left = new Subject<void>();
     const extra = options.operators ?? [];
+    const stopAfter = options.stopAfter;
     let inFlight: StepContext | null = null;
-    const tracked = (ctx: StepContext) => {
-      inFlight = ctx;
-      return ctx;
-    };
-    return options.batches(demand).pipe(
+    const steps = options.batches(demand).pipe(
       oneAtATime(left, () => demand.next()),
       toStepContext(state.config.gradAccum, options.firstMicroStep ?? 0, options.firstStep, options.microStepStride),
-      map(tracked),
+      tap((ctx) => (inFlight = ctx)),
       swiftbrushStep(state),
+      options.settle ?? identity,
       tap((ctx) => {
-        if (options.stopAfter?.(ctx)) ctx.last = true;
+        if (stopAfter?.(ctx)) ctx.last = true;
       }),
       (source) => extra.reduce((acc, op) => op(acc), source),
-      tap((ctx) => {
-        inFlight = null;
-        if (!ctx.last) left.next();
-      }),
-      finalize(() => {
-        if (inFlight) disposeContext(inFlight);
-        demand.complete();
-        left.complete();
-      }),
     );
+    const subscription = steps.subscribe({
+      next: (ctx) => {
+        inFlight = null;
+        subscriber.next(ctx);
+        if (ctx.last) subscriber.complete();
+        else if (!subscriber.closed) left.next();
+      },
+      error: (err) => subscriber.error(err),
+      complete: () => subscriber.complete(),
+    });
+    return () => {
+      subscription.unsubscribe();
+      if (inFlight) disposeContext(inFlight);
+      demand.complete();
+      left.complete();
+    };
   });
 }

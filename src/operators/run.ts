@@ -6,11 +6,11 @@
  */
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { firstValueFrom, lastValueFrom, takeWhile, tap, type OperatorFunction } from 'rxjs';
+import { firstValueFrom, lastValueFrom, tap, type OperatorFunction } from 'rxjs';
 import { checkEmbeddingWidth, embeddingBatches, expandFiles, modelWidth, readNullEmbedding } from '../streams/reader.ts';
 import { RUN_DEFAULTS, OFFICIAL_DEFAULTS, SETTINGS, SETTING_KEYS, checkSettings, checkSettingsTogether, distillConfig, flagOf, formatChanges, pickDistillConfig, resumeSettings, type RunSettings, type SettingKey } from '../swiftbrush/config.ts';
 import { yieldToEventLoop } from './yield_to_event_loop.ts';
-import { latestCheckpoint } from '../util/checkpoint.ts';
+import { latestCheckpoint, removeLeftovers } from '../util/checkpoint.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 import { worldForRun, type World } from '../parallel/mpi.ts';
 import { shardOf } from '../parallel/shard.ts';
@@ -58,6 +58,10 @@ export interface DistillRunOptions {
   exportRawWeights?: boolean;
   /** Settings for what neither these options nor a resumed checkpoint give (a command's own defaults). */
   defaults?: Partial<RunSettings>;
+  /**
+   * Asked when a window's last micro-batch has been computed; true makes that step the run's last:
+   * its checkpoint is written, nothing after it is computed, and the student is exported.
+   */
   stopRequested?: () => boolean;
   /** Open an MPI world even when no launcher's environment is seen (default: only under mpirun / srun; docs/mpi.md). */
   mpi?: boolean;
@@ -108,7 +112,7 @@ async function validationPrompts(files: string[], n: number, width: number) {
 /** Writes the student (pipeline layout: unet/ + scheduler/), the LoRA adapter and the run config. */
 export async function exportStudent(state: DistillState, out: string, options: { teacherDir: string; raw?: boolean; runConfig: object }): Promise<string> {
   const studentDir = join(out, 'student');
-  const weights = !options.raw && state.ema ? state.student.store.torchStateDict(state.ema.shadow) : undefined;
+  const weights = !options.raw && state.ema ? state.ema.shadow : undefined; // streamed from the device, one tensor at a time
   await state.student.savePretrained(join(studentDir, 'unet'), weights);
   const dirs = await resolveTeacherDirs(options.teacherDir);
   await mkdir(join(studentDir, 'scheduler'), { recursive: true });
@@ -192,6 +196,8 @@ export async function resolveRunSettings(o: DistillRunOptions, world: World | un
   let chosen = given;
   let resumeFrom: { step: number; path: string } | undefined;
   if (o.resume) {
+    // Hidden leftovers of a run killed while it wrote or pruned a checkpoint (rank 0 is the only writer).
+    if (!world || world.rank === 0) await removeLeftovers(o.out);
     resumeFrom = await resumeCheckpoint(o.out, world);
     const saved = await readSavedSettings(o.out, resumeFrom?.path);
     if (saved) {
@@ -236,7 +242,10 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
   const nullEmbedding = await readNullEmbedding(files, { width });
   const state = await createDistillState({ teacherDir: settings.teacher, nullEmbeds: nullEmbedding.embeds, embedShape: nullEmbedding.shape, config });
   // Complete, in the schema's order, with the files the globs matched: what --config takes back.
-  const runConfig = Object.fromEntries(SETTING_KEYS.map((k) => [k, k === 'embeddings' ? files : settings[k]])) as unknown as RunSettings;
+  // The run folder itself is left out (it is where the file is, and never restored), so that a
+  // run's config and checkpoints do not depend on the folder it was written in.
+  const saved = SETTING_KEYS.filter((k) => SETTINGS[k].resume !== 'given');
+  const runConfig = Object.fromEntries(saved.map((k) => [k, k === 'embeddings' ? files : settings[k]])) as unknown as RunSettings;
   state.runSettings = runConfig;
   state.world = world;
   try {
@@ -259,27 +268,32 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
     if (startStep >= steps) {
       log.info({ step: startStep }, 'already at the requested number of steps');
     } else {
-      // The stop request is sampled after each micro-batch once the event loop has turned (so a
-      // signal that came during the step is seen), again after a validation grid, and the
-      // checkpoint and the end of the stream read that one answer: a stop asked at any moment
-      // ends the run at the end of the optimiser step under way, or of the next one when it came
-      // while this step's checkpoint was being written.
-      let stopSampled = false;
-      const sampleStop = () => {
-        stopSampled = Boolean(o.stopRequested?.());
-      };
-      // Under MPI a stop is the processes' agreement at the window's end (any rank's request stops all).
-      const sync = world ? syncProcesses(state, world, { stopRequested: () => stopSampled, checksumEvery: settings.checkpointEvery }) : undefined;
-      const isLast = (ctx: StepContext) => ctx.closesWindow && (ctx.step >= steps || (sync ? sync.stopAgreed(ctx) : stopSampled));
-      const operators: OperatorFunction<StepContext, StepContext>[] = [yieldToEventLoop(sampleStop), ...(sync ? [sync.operator] : [])];
+      // The run ends after the window that reaches `steps`, or the first window to close after a stop
+      // request. The event loop turns after each micro-batch's step (so a signal that came during
+      // the step has been handled), then distill asks this and completes after the last micro-batch:
+      // no step beyond it is computed, and the checkpoint written at that step (ctx.last) holds
+      // exactly the weights exported. A signal during a validation grid is seen at the next
+      // micro-batch's check, or right after the grid, which asks again before the checkpoint.
+      // Under MPI a stop is the processes' agreement at the window's end (any rank's request stops
+      // all, at the same optimiser step); the answer is kept per window, so asking again after a
+      // grid (rank 0 only) gives the agreed answer and starts no collective.
+      const stop = () => Boolean(o.stopRequested?.());
+      const sync = world ? syncProcesses(state, world, { stopRequested: stop, checksumEvery: settings.checkpointEvery }) : undefined;
+      const isLast = (ctx: StepContext) => ctx.closesWindow && (ctx.step >= steps || (sync ? sync.stopAgreed(ctx) : stop()));
+      const operators: OperatorFunction<StepContext, StepContext>[] = sync ? [sync.operator] : [];
       if (writer && settings.validationEvery > 0) {
         const v = await validationPrompts(files, settings.validationPrompts, width);
-        operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed }), tap(sampleStop));
+        // A grid can take long: a stop asked while it was drawn makes this step the last too.
+        const askAgain = tap((ctx: StepContext) => {
+          if (!ctx.last && isLast(ctx)) ctx.last = true;
+        });
+        operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed }), askAgain);
       }
       if (writer) {
         operators.push(
+          // The metrics line before the checkpoint: a run killed between the two redoes the step and logs it again, rather than never.
           metricsJsonl(state, join(o.out, 'metrics.jsonl')),
-          checkpoint(state, { out: o.out, every: settings.checkpointEvery, keep: settings.checkpointsTotalLimit, force: isLast }),
+          checkpoint(state, { out: o.out, every: settings.checkpointEvery, keep: settings.checkpointsTotalLimit }),
           progress(state, { totalSteps: steps, startStep, tty: o.tty }),
           ...(o.operators?.(state) ?? []),
         );
@@ -289,10 +303,11 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
         firstStep: startStep,
         microStepStride: shard.size,
         operators,
+        settle: yieldToEventLoop(),
         stopAfter: isLast,
         batches: (demand) =>
           embeddingBatches({ files, width, batchSize: config.batchSize, shuffle: o.shuffle ?? true, shuffleBuffer: o.shuffleBuffer, seed: config.seed, epochs: Infinity, startBatch: firstMicroStep, batchStride: shard.size, batchOffset: shard.rank, prefetch: settings.prefetch, demand }),
-      }).pipe(takeWhile((ctx) => !isLast(ctx), true));
+      });
       const last = await lastValueFrom(steps$, { defaultValue: undefined });
       startStep = last?.step ?? startStep;
     }

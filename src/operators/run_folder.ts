@@ -11,7 +11,7 @@ import { writeJsonAtomic } from '../util/fs.ts';
 export const RUN_MARKER = 'run.json';
 
 /** The names a `distill` run writes in its folder (temp files of atomic writes included). */
-const DISTILL_ENTRIES = [/^config\.json$/, /^checkpoint-\d+$/, /^samples$/, /^metrics\.jsonl$/, /^student$/, /^lora$/, /^\.checkpoint-\d+\.tmp-/, /^\..+\.tmp-\d+/];
+const DISTILL_ENTRIES = [/^config\.json$/, /^checkpoint-\d+$/, /^samples$/, /^metrics\.jsonl$/, /^student$/, /^lora$/, /^\.checkpoint-\d+\.(tmp|old)-/, /^\..+\.tmp-\d+/];
 
 /** Names each command's run folder may hold, beside run.json. */
 export const RUN_ENTRIES: Record<string, RegExp[]> = {

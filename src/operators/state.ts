@@ -9,7 +9,10 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Tensor3D } from '../tf.ts';
-import { UNet2DConditionModel } from '../models/unet_2d_condition.ts';
+import { checkAgainst, readFloat32, UNet2DConditionModel, WEIGHTS_NAME } from '../models/unet_2d_condition.ts';
+import { torchToTf } from '../models/params.ts';
+import { WeightFiles } from '../models/weights.ts';
+import { countParams, distillMemoryPlan, inspectUNetWeights, refuseIfTooBigForWasm, type MemoryPlan } from '../models/memory.ts';
 import { LoraAdapter } from '../models/lora.ts';
 import { NoiseSchedule } from '../models/schedule.ts';
 import { Adam, EmaWeights, GradAccumulator } from '../models/optim.ts';
@@ -85,8 +88,11 @@ export async function createDistillState(options: { teacherDir: string; nullEmbe
   const config = draws.guidanceScale === undefined ? options.config : { ...options.config, guidanceScale: draws.guidanceScale };
   const dirs = await resolveTeacherDirs(options.teacherDir);
   const schedule = await NoiseSchedule.load(dirs.scheduler);
-  const teacher = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: false });
-  const student = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: true });
+  const plan = await planDistillation(options.teacherDir, config, options.embedShape[0]);
+  refuseIfTooBigForWasm(plan.plan, tf.getBackend(), `distilling ${dirs.unet} (${plan.params.toLocaleString('en')} parameters)`);
+  const variant = config.variant ?? undefined;
+  const teacher = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: false, variant });
+  const student = await UNet2DConditionModel.fromPretrained(dirs.unet, { trainable: true, variant });
   const lora = LoraAdapter.attach(teacher, { rank: config.loraRank, alpha: config.loraAlpha, targetModules: config.loraTargets }, config.seed);
   const adam = (lr: number) => ({ lr, beta1: config.adamBeta1, beta2: config.adamBeta2, eps: config.adamEps, weightDecay: config.adamWeightDecay });
   const studentParams = student.store.named();
@@ -106,6 +112,17 @@ export async function createDistillState(options: { teacherDir: string; nullEmbe
     nullEmbeds: tf.tensor3d(options.nullEmbeds, [1, ...options.embedShape]),
     counters: { nonFiniteInARow: 0, skippedSteps: 0 },
   };
+}
+
+/**
+ * What a distillation of this teacher will hold (from its config.json and the weight files'
+ * headers: nothing is loaded), and the parameter counts of the config and of the files.
+ */
+export async function planDistillation(teacherDir: string, config: DistillConfig, tokens: number): Promise<{ plan: MemoryPlan; params: number; fileParams: number; files: string[]; dtypes: string[] }> {
+  const dirs = await resolveTeacherDirs(teacherDir);
+  const info = await inspectUNetWeights(dirs.unet, config.variant ?? undefined);
+  const plan = distillMemoryPlan({ specs: info.specs, config: info.config, batchSize: config.batchSize, gradAccum: config.gradAccum, emaDecay: config.emaDecay, loraRank: config.loraRank, loraTargets: config.loraTargets, tokens });
+  return { plan, params: countParams(info.specs), fileParams: info.fileParams, files: info.files, dtypes: info.dtypes };
 }
 
 export function disposeDistillState(state: DistillState): void {
@@ -184,16 +201,29 @@ export async function writeTrainingSnapshot(state: DistillState, snapshot: Train
 export async function readTrainingState(state: DistillState, dir: string): Promise<TrainingProgress> {
   const json = JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as TrainingProgress & { student_optimizer_step: number; lora_optimizer_step: number };
   const weights = async (path: string) => (await readSafetensors(join(dir, path))).tensors;
-  state.student.loadStateDict(await weights('unet/diffusion_pytorch_model.safetensors'), join(dir, 'unet'));
+  const unet = WeightFiles.open(join(dir, 'unet'), WEIGHTS_NAME);
+  try {
+    state.student.loadStateDict(unet);
+  } finally {
+    unet.close();
+  }
   if (state.ema) {
-    // EMA shadows are stored in PyTorch layout (a loadable diffusers UNet): load through a scratch
-    // model. A run saved without EMA (--ema-decay 0) has none: the average starts at the resumed weights.
-    const source = existsSync(join(dir, 'unet_ema')) ? UNet2DConditionModel.fromConfig(state.student.config, { trainable: false }) : null;
-    try {
-      if (source) source.loadStateDict(await weights('unet_ema/diffusion_pytorch_model.safetensors'), join(dir, 'unet_ema'));
-      for (const [name, v] of (source ?? state.student).store.named()) state.ema.get(name).assign(v);
-    } finally {
-      source?.dispose(); // also when a bad unet_ema fails to load
+    // EMA shadows are stored in PyTorch layout (a loadable diffusers UNet), read one tensor at a time.
+    // A run saved without EMA (--ema-decay 0) has none: the average starts at the resumed weights.
+    if (existsSync(join(dir, 'unet_ema'))) {
+      const ema = WeightFiles.open(join(dir, 'unet_ema'), WEIGHTS_NAME);
+      try {
+        checkAgainst(state.student.store.specs(), ema);
+        for (const p of state.student.store.params.values()) {
+          const value = torchToTf(p.kind, readFloat32(ema, p.name), p.torchShape);
+          state.ema.get(p.name).assign(value);
+          value.dispose();
+        }
+      } finally {
+        ema.close();
+      }
+    } else {
+      for (const [name, v] of state.student.store.named()) state.ema.get(name).assign(v);
     }
   }
   state.lora.loadStateDict(await weights('unet_lora/adapter_model.safetensors'), join(dir, 'unet_lora'));

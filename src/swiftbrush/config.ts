@@ -73,6 +73,8 @@ export interface DistillConfig {
   adamBeta2: number;
   adamEps: number;
   adamWeightDecay: number;
+  /** diffusers' weights variant of the teacher (`fp16` reads diffusion_pytorch_model.fp16.safetensors); null = the plain file. */
+  variant: string | null;
 }
 
 /** The run's options beside the hyper-parameters. */
@@ -168,6 +170,7 @@ export const SETTINGS: { readonly [K in SettingKey]: Setting } = {
   adamBeta2: alg({ kind: 'number', arg: '<x>', ...beta, default: 0.999, help: 'Adam beta2 (both models)' }),
   adamEps: alg({ kind: 'number', arg: '<x>', min: 0, minExclusive: true, default: 1e-8, help: 'Adam epsilon' }),
   adamWeightDecay: alg({ kind: 'number', arg: '<x>', min: 0, default: 0, help: 'Adam weight decay (decoupled, AdamW)' }),
+  variant: alg({ kind: 'string', arg: '<name>', default: null, defaultText: 'none: the plain file', resume: 'fixed', help: "teacher weights variant, as diffusers' from_pretrained(variant=...): fp16 reads diffusion_pytorch_model.fp16.safetensors (training runs in float32 either way)" }),
 };
 
 export const SETTING_KEYS = Object.keys(SETTINGS) as SettingKey[];
@@ -224,6 +227,7 @@ export function checkSetting(key: SettingKey, value: unknown, where = ''): unkno
       throw new Error(`${where}${key} must be ${quoted.slice(0, -1).join(', ')} or ${quoted.at(-1)}, got ${JSON.stringify(value)}`);
     }
     case 'string':
+      if (value === null && s.default === null) return value; // an optional string whose default is "none"
       if (typeof value !== 'string' || value === '') fail('a non-empty string');
       return value;
     case 'boolean':

@@ -28,23 +28,24 @@ function referenceAdam(params: Map<string, Tensor>, gradsPerStep: Map<string, Te
 }
 
 describe('flat Adam', () => {
-  for (const backend of ['wasm', 'cpu']) {
-    it(`${backend}: bit-identical to the per-tensor update, skips missing gradients, state round trip`, async () => {
+  // One bucket holding every parameter, and buckets of at most 20 values (a: 180 values alone; b and c apart).
+  for (const [backend, bucketValues] of [['wasm', undefined], ['cpu', undefined], ['wasm', 20]] as const) {
+    it(`${backend}${bucketValues ? `, buckets of ${bucketValues} values` : ''}: bit-identical to the per-tensor update, skips missing gradients, state round trip`, async () => {
       await initBackend(backend);
       await tf.setBackend(backend);
       const shapes: Record<string, number[]> = { a: [3, 3, 4, 5], b: [5], c: [7, 2] };
-      const params = new Map(Object.entries(shapes).map(([k, s], i) => [k, tf.variable(tf.randomNormal(s, 0, 1, 'float32', i + 1), true, `optim-${backend}-${k}`)]));
+      const params = new Map(Object.entries(shapes).map(([k, s], i) => [k, tf.variable(tf.randomNormal(s, 0, 1, 'float32', i + 1), true, `optim-${backend}-${bucketValues}-${k}`)]));
       const start = new Map([...params].map(([k, p]) => [k, tf.clone(p)]));
       const steps = [0, 1, 2].map((i) => new Map(Object.entries(shapes).filter(([k]) => !(i === 1 && k === 'b')).map(([k, s], j) => [k, tf.randomNormal(s, 0, 1, 'float32', 10 * i + j)])));
-      const adam = new Adam(params, { lr: 1e-2, weightDecay: 0.1 });
+      const adam = new Adam(params, { lr: 1e-2, weightDecay: 0.1 }, bucketValues);
       for (const g of steps) adam.apply(g);
-      const refParams = new Map([...start].map(([k, t]) => [k, tf.variable(t, false, `optim-ref-${backend}-${k}`)]));
+      const refParams = new Map([...start].map(([k, t]) => [k, tf.variable(t, false, `optim-ref-${backend}-${bucketValues}-${k}`)]));
       const ref = referenceAdam(refParams, steps, 1e-2, 0.1);
       for (const [k, p] of params) expect(Array.from(p.dataSync())).toEqual(Array.from(ref.get(k)!.t.dataSync()));
       const saved = adam.stateTensors();
       expect(Array.from(saved['b.exp_avg']!.data)).toEqual(Array.from(ref.get('b')!.m.dataSync()));
       expect(saved['a.exp_avg_sq']!.shape).toEqual([3, 3, 4, 5]);
-      const other = new Adam(params, { lr: 1e-2 });
+      const other = new Adam(params, { lr: 1e-2 }, bucketValues);
       other.loadState(adam.step, new Map(Object.entries(saved)));
       expect(other.stateTensors()).toEqual(saved);
       tf.dispose([...params.values(), ...start.values(), ...refParams.values(), ...steps.flatMap((m) => [...m.values()]), ...[...ref.values()].flatMap((s) => [s.m, s.v, s.t])]);

@@ -1,5 +1,6 @@
 /** Tiny teachers and states for the operator tests (fast on wasm). */
-import { mkdtemp, mkdir, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { copyFile, mkdtemp, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,6 +12,7 @@ import { createDistillState, OFFICIAL_DEFAULTS, type DistillConfig, type Distill
 import { tf } from '../../src/tf.ts';
 import { readSafetensors } from '../../src/models/safetensors.ts';
 import { TEACHER_SCHEDULER_CONFIG } from '../../src/mnist/teacher.ts';
+import { SCHEDULER_FIXTURE_DIR, UNET_FIXTURE_DIR } from '../fixtures.ts';
 
 export const EMBEDDINGS = fileURLToPath(new URL('../../data/embeddings.parquet', import.meta.url));
 
@@ -38,6 +40,16 @@ export async function makeTinyTeacher(seed = 3): Promise<string> {
   unet.dispose();
   await mkdir(join(dir, 'scheduler'), { recursive: true });
   await writeFile(join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify(TINY_SCHEDULER));
+  return dir;
+}
+
+/** The diffusers fixture UNet (test/fixtures/diffusers-tiny-unet) and scheduler as a pipeline folder (unet/ + scheduler/). */
+export async function fixtureTeacher(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'sb-fixture-teacher-'));
+  await mkdir(join(dir, 'unet'));
+  await mkdir(join(dir, 'scheduler'));
+  for (const name of ['config.json', 'diffusion_pytorch_model.safetensors']) await copyFile(join(UNET_FIXTURE_DIR, name), join(dir, 'unet', name));
+  await copyFile(join(SCHEDULER_FIXTURE_DIR, 'scheduler_config.json'), join(dir, 'scheduler', 'scheduler_config.json'));
   return dir;
 }
 
@@ -92,4 +104,37 @@ export function worstWeightDiff(a: Map<string, Float32Array>, b: Map<string, Flo
   let worst = 0;
   for (const [k, v] of a) worst = Math.max(worst, maxAbsDiff(v, b.get(k)!));
   return worst;
+}
+
+/** Every file under `dir` (paths relative to it, sorted). */
+export async function filesUnder(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  return entries
+    .filter((e) => e.isFile())
+    .map((e) => join(e.parentPath, e.name).slice(dir.length + 1))
+    .sort();
+}
+
+/**
+ * Where two folders differ byte for byte: files only one holds, and files whose bytes differ
+ * (relative paths, e.g. `unet/diffusion_pytorch_model.safetensors`). Empty when identical.
+ */
+export async function bytewiseDifferences(a: string, b: string): Promise<string[]> {
+  const [fa, fb] = await Promise.all([filesUnder(a), filesUnder(b)]);
+  const differences = [...fa.filter((f) => !fb.includes(f)).map((f) => `only in ${a}: ${f}`), ...fb.filter((f) => !fa.includes(f)).map((f) => `only in ${b}: ${f}`)];
+  for (const f of fa.filter((f) => fb.includes(f))) {
+    const [x, y] = await Promise.all([readFile(join(a, f)), readFile(join(b, f))]);
+    if (!x.equals(y)) differences.push(`bytes differ: ${f}`);
+  }
+  return differences;
+}
+
+/** The metrics that must repeat exactly, per step (the last line logged for it; timings and memory differ). */
+export function metricsByStep(out: string): Map<number, unknown> {
+  const byStep = new Map<number, unknown>();
+  for (const line of readFileSync(join(out, 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean)) {
+    const r = JSON.parse(line) as Record<string, unknown>;
+    byStep.set(r.step as number, [r.micro_step, r.loss_vsd, r.loss_lora, r.grad_norm_student, r.grad_norm_lora, r.skipped, r.skipped_total, r.lr_student, r.lr_lora]);
+  }
+  return byStep;
 }

@@ -1,9 +1,9 @@
 /**
  * Marble tests of the stream's timing on a tiny UNet: accumulation windows, checkpoint cadence,
- * the pull bound with a slow consumer, and teardown on error / unsubscribe.
+ * the pull bound with a slow consumer, the run's last step, and teardown on error / unsubscribe.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Observable, concatMap, from, lastValueFrom, map, take, timer, toArray, type Subscription } from 'rxjs';
+import { Observable, concatMap, from, lastValueFrom, map, take, tap, timer, toArray, type Subscription } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { tf } from '../../src/tf.ts';
 import { distill, swiftbrushStep, toStepContext } from '../../src/operators/pipeline.ts';
@@ -177,6 +177,58 @@ describe('backpressure', () => {
       expect(outstanding.length).toBe(5);
       expect(demands).toEqual([0, 5, 10, 15, 20]);
       expect(stepsAtExit).toEqual([1, 1, 1, 1, 1]);
+    } finally {
+      disposeDistillState(state);
+    }
+  });
+});
+
+describe('the last step', () => {
+  // Every batch is queued at frame 0 and each step then takes 3 frames (a checkpoint being written):
+  // when step 3 leaves the chain, batch 3 is already waiting to be let in.
+  const slowSave = concatMap((ctx: StepContext) => timer(3).pipe(map(() => ctx)));
+  const batches = Object.fromEntries([...'abcdef'].map((k, i) => [k, fakeBatch(i)]));
+
+  it('stopAfter: the stream completes after the last micro-batch; the next is never let in or computed', async () => {
+    state = await makeState(teacher, testConfig());
+    const demands: number[] = [];
+    const lastFlags: (boolean | undefined)[] = [];
+    try {
+      const before = tf.memory().numTensors;
+      scheduler = newScheduler();
+      scheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
+        const source = cold('(abcdef)', batches); // never completes: only distill can end the run
+        const steps = distill(state, {
+          batches: (demand) => (demand.subscribe(() => demands.push(scheduler.now())), source),
+          stopAfter: (ctx) => ctx.step === 3,
+          operators: [tap((ctx) => lastFlags.push(ctx.last)), slowSave],
+        }).pipe(map((ctx) => ctx.step));
+        expectObservable(steps).toBe('---a--b--(c|)', { a: 1, b: 2, c: 3 });
+        expectSubscriptions(source.subscriptions).toBe('^--------!');
+      });
+      expect(demands).toEqual([0, 3, 6]); // three batches entered the chain, the fourth never did
+      expect(lastFlags).toEqual([undefined, undefined, true]); // the decision is on the context before the operators
+      expect(state.studentOptimizer.step).toBe(3);
+      expect(state.loraOptimizer.step).toBe(3);
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      disposeDistillState(state);
+    }
+  });
+
+  it('a subscriber that stops the stream (take) stops it before another micro-batch is computed', async () => {
+    state = await makeState(teacher, testConfig());
+    try {
+      scheduler = newScheduler();
+      scheduler.run(({ cold, expectObservable }) => {
+        const steps = distill(state, { batches: () => cold('(abcdef|)', batches), operators: [slowSave] }).pipe(
+          map((ctx) => ctx.step),
+          take(2),
+        );
+        expectObservable(steps).toBe('---a--(b|)', { a: 1, b: 2 });
+      });
+      expect(state.studentOptimizer.step).toBe(2);
+      expect(state.loraOptimizer.step).toBe(2);
     } finally {
       disposeDistillState(state);
     }

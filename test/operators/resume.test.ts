@@ -1,58 +1,76 @@
 /**
- * Kill -9 during a run, then --resume: the run continues from the last checkpoint and reaches the
- * same weights as a run never killed; no checkpoint folder is ever half-written.
+ * Stop and --resume: a run stopped at a step's end and resumed writes the same files, byte for
+ * byte, as one never stopped (the SIGKILL version is kill_resume.test.ts); the exports are the last
+ * checkpoint's weights; resuming with settings the checkpoint was not saved with.
  */
-import { describe, expect, it, beforeAll } from 'vitest';
-import { spawn } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, readdirSync } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { from, lastValueFrom } from 'rxjs';
-import { makeTinyTeacher, exportedWeights, worstWeightDiff, runCli, tinyDistillArgs, makeState, testConfig, fakeBatch, maxAbsDiff } from './helpers.ts';
+import { EMBEDDINGS, bytewiseDifferences, filesUnder, fixtureTeacher, metricsByStep, makeTinyTeacher, makeState, testConfig, fakeBatch, maxAbsDiff } from './helpers.ts';
 import { swiftbrushStep, toStepContext } from '../../src/operators/pipeline.ts';
-import { disposeDistillState, readTrainingState, snapshotTrainingState, writeTrainingSnapshot } from '../../src/operators/state.ts';
+import { initBackend } from '../../src/backend.ts';
+import { runDistillation, type DistillRunOptions } from '../../src/operators/run.ts';
+import { listCheckpoints } from '../../src/util/checkpoint.ts';
+import { disposeDistillState, readTrainingState, snapshotTrainingState, writeTrainingSnapshot, type DistillState } from '../../src/operators/state.ts';
 
-function args(teacher: string, out: string, extra: string[] = []) {
-  return tinyDistillArgs(teacher, out, ['--steps', '6', '--grad-accum', '2', '--seed', '5', '--checkpoint-every', '1', ...extra]);
+/** A short run on the diffusers fixture UNet: 4 steps, the last checkpoint off-cadence (forced), validation grids at steps 2 and 4. */
+function runOptions(teacher: string, out: string, extra: Partial<DistillRunOptions> = {}): DistillRunOptions {
+  return { teacher, embeddings: EMBEDDINGS, out, steps: 4, config: testConfig(), checkpointEvery: 3, validationEvery: 2, validationPrompts: 2, tty: false, ...extra };
 }
 
-function runToEnd(argv: string[]) {
-  const r = runCli(argv);
-  if (r.status !== 0) throw new Error(`distill failed (${r.status}): ${r.stderr}`);
+async function expectIdentical(a: string, b: string) {
+  expect((await filesUnder(a)).length, `${a} holds files`).toBeGreaterThan(0);
+  expect(await bytewiseDifferences(a, b), `${a} vs ${b}`).toEqual([]);
 }
 
+/** The exported student and LoRA are the last checkpoint's EMA (or raw) student and LoRA, byte for byte. */
+async function expectExportsAreLastCheckpoint(out: string, step: number, student: 'unet_ema' | 'unet') {
+  const last = join(out, `checkpoint-${step}`);
+  await expectIdentical(join(out, 'student', 'unet'), join(last, student));
+  await expectIdentical(join(out, 'lora'), join(last, 'unet_lora'));
+}
 
-describe('kill -9 and --resume', () => {
+describe('a stopped and resumed run equals a straight one, byte for byte', () => {
   let teacher: string;
   beforeAll(async () => {
-    teacher = await makeTinyTeacher(9);
+    await initBackend('wasm');
+    teacher = await fixtureTeacher();
+  });
+  afterAll(() => rm(teacher, { recursive: true, force: true }));
+
+  it('student/, lora/ and the last checkpoint', { timeout: 600_000 }, async () => {
+    const straight = await mkdtemp(join(tmpdir(), 'sb-straight-'));
+    const stopped = await mkdtemp(join(tmpdir(), 'sb-stopped-'));
+    expect(await runDistillation(runOptions(teacher, straight))).toMatchObject({ step: 4, stoppedEarly: false });
+
+    // Stop at the end of step 2 (a stop request is honoured at the window's end), then resume.
+    let state: DistillState | undefined;
+    const first = await runDistillation(runOptions(teacher, stopped, { stopRequested: () => state!.loraOptimizer.step >= 2, operators: (s) => ((state = s), []) }));
+    expect(first).toMatchObject({ step: 2, stoppedEarly: true });
+    expect((await listCheckpoints(stopped)).map((c) => c.step)).toEqual([2]);
+    expect(await runDistillation(runOptions(teacher, stopped, { resume: true }))).toMatchObject({ step: 4, stoppedEarly: false });
+
+    expect((await listCheckpoints(straight)).map((c) => c.step)).toEqual([3, 4]);
+    for (const dir of ['student', 'lora', 'checkpoint-4', 'samples']) await expectIdentical(join(straight, dir), join(stopped, dir));
+    // Everything else alike too (config.json) but metrics.jsonl (timings); the stop wrote its own checkpoint-2.
+    const elsewhere = (await bytewiseDifferences(straight, stopped)).filter((d) => !/checkpoint-\d+\//.test(d));
+    expect(elsewhere).toEqual(['bytes differ: metrics.jsonl']);
+    expect(metricsByStep(stopped)).toEqual(metricsByStep(straight)); // each step's losses, norms and lrs
+    expect(metricsByStep(straight).size).toBe(4);
+    expect(readdirSync(join(straight, 'samples'))).toEqual(['step-000002.png', 'step-000004.png']);
+    await expectExportsAreLastCheckpoint(straight, 4, 'unet_ema');
+    await expectExportsAreLastCheckpoint(stopped, 4, 'unet_ema');
+    for (const dir of [straight, stopped]) await rm(dir, { recursive: true, force: true }); // kept when the test fails
   });
 
-  it('continues from the last checkpoint and reaches the uninterrupted run\'s weights (≤ 1e-6)', { timeout: 600_000 }, async () => {
-    const straight = await mkdtemp(join(tmpdir(), 'sb-straight-'));
-    const killed = await mkdtemp(join(tmpdir(), 'sb-killed-'));
-    runToEnd(args(teacher, straight));
-
-    // Start the same run, kill it hard as soon as a checkpoint exists.
-    const child = spawn(process.execPath, args(teacher, killed), { stdio: 'ignore', env: { ...process.env, SWIFTBRUSH_LOG_LEVEL: 'warn' } });
-    const deadline = Date.now() + 120_000;
-    while (!existsSync(join(killed, 'checkpoint-2')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    child.kill('SIGKILL');
-    await new Promise((r) => child.once('exit', r));
-    expect(existsSync(join(killed, 'student'))).toBe(false); // it really died before finishing
-
-    // Whatever moment the kill hit, every checkpoint folder in place is complete.
-    for (const name of readdirSync(killed).filter((n) => /^checkpoint-\d+$/.test(n))) {
-      for (const file of ['state.json', 'optimizer.safetensors', 'optimizer_lora.safetensors', 'unet/diffusion_pytorch_model.safetensors', 'unet_ema/diffusion_pytorch_model.safetensors', 'unet_lora/adapter_model.safetensors']) {
-        expect(existsSync(join(killed, name, file)), `${name}/${file}`).toBe(true);
-      }
-    }
-
-    runToEnd(args(teacher, killed, ['--resume']));
-    const a = await exportedWeights(straight);
-    const b = await exportedWeights(killed);
-    expect(worstWeightDiff(a, b)).toBeLessThanOrEqual(1e-6);
+  it('--raw-weights exports the last checkpoint\'s raw student', { timeout: 600_000 }, async () => {
+    const out = await mkdtemp(join(tmpdir(), 'sb-raw-'));
+    await runDistillation(runOptions(teacher, out, { steps: 2, exportRawWeights: true }));
+    await expectExportsAreLastCheckpoint(out, 2, 'unet');
+    await rm(out, { recursive: true, force: true });
   });
 });
 
