@@ -10,7 +10,7 @@ import { FIXTURE_SCHEDULER, FIXTURE_UNET, runBench, type BenchOptions } from '..
 import { backendOption, int } from './options.ts';
 import { DEFAULT_EMBEDDINGS } from '../default_data.ts';
 
-type BenchFlags = Omit<BenchOptions, 'onProgress' | 'config'> & { embeddings: string; backend?: string; json?: boolean; torchRef?: string; variant?: string };
+type BenchFlags = Omit<BenchOptions, 'onProgress' | 'config'> & { embeddings: string; backend?: string; json?: boolean; torchRef?: string; variant?: string; mpi?: boolean; gradAccum: number };
 
 /** PyTorch's figures for the same model (bench/torch_step.py's `JSON {...}` line, or that object alone). */
 interface TorchFigures {
@@ -48,6 +48,8 @@ export function register(program: Command): void {
     .option('--unet-reps <n>', 'timed UNet forward / forward+backward repetitions', int(1), 10)
     .addOption(new Option('--embeddings <file>', 'Parquet file whose "" row is the null prompt').default(DEFAULT_EMBEDDINGS, 'the shipped data/embeddings.parquet'))
     .option('--replicas <n>', 'also time the step split over n data-parallel threads (n micro-batches of B/n, --replicas n --grad-accum n); 1 = skip', int(1), 1)
+    .option('--mpi', 'under mpirun -np N: time the distillation step over N processes instead (step time, all-reduce share, bytes per step; docs/mpi.md)')
+    .option('--grad-accum <k>', 'with --mpi: micro-batches per process per optimiser step', int(1), 1)
     .option('--tokens <n>', 'prompt tokens of the synthetic embeddings when --embeddings has no null prompt of the UNet\'s width (default 8)', int(1))
     .option('--torch-ref <file>', "PyTorch's figures for the same model and batch (the output of bench/torch_step.py): printed side by side, with ratios")
     .option('--variant <name>', "teacher weights variant, as diffusers' from_pretrained(variant=...)")
@@ -55,6 +57,24 @@ export function register(program: Command): void {
     .option('--json', 'print one JSON object')
     .action(async (opts: BenchFlags) => {
       const choice = await initBackend(opts.backend);
+      if (opts.mpi) {
+        const { runMpiBench } = await import('../parallel/bench_mpi.ts'); // loads MPI only when asked
+        const r = await runMpiBench({ config: opts.variant ? { variant: opts.variant } : undefined, unet: opts.unet, scheduler: opts.scheduler ?? FIXTURE_SCHEDULER, embeddings: opts.embeddings, batchSize: opts.batchSize, gradAccum: opts.gradAccum, steps: opts.steps, warmup: opts.warmup });
+        const { openWorld } = await import('../parallel/mpi.ts');
+        if (openWorld().rank !== 0) return;
+        if (opts.json) process.stdout.write(JSON.stringify(r) + '\n');
+        else {
+          const mb = (b: number) => (b / 2 ** 20).toFixed(1);
+          process.stdout.write(
+            [
+              `${r.processes} processes (${r.library}), backend ${r.backend}, ${r.unet}, ${r.params} params, global batch ${r.global_batch} (${r.batch_size} x ${r.grad_accum} x ${r.processes}), ${r.steps} steps`,
+              `step ${r.step_s.toFixed(3)} s   all-reduce ${r.allreduce_s.toFixed(3)} s (${(100 * r.allreduce_share).toFixed(1)}% of the step)`,
+              `per process per step: ${mb(r.bytes_per_step)} MiB handed to MPI, ring all-reduce sends ${mb(r.ring_bytes_sent_per_step)} MiB (${mb(r.ring_bandwidth_bytes_per_s)} MiB/s effective)`,
+            ].join('\n') + '\n',
+          );
+        }
+        return;
+      }
       const torch = opts.torchRef ? await readTorchFigures(opts.torchRef) : null;
       const result = await runBench({
         config: opts.variant ? { variant: opts.variant } : undefined,

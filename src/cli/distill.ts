@@ -23,6 +23,7 @@ interface DistillFlags extends Partial<RunSettings> {
   dryRun?: boolean;
   resume?: boolean;
   overwrite?: boolean;
+  mpi?: boolean;
   backend?: string;
 }
 
@@ -64,11 +65,12 @@ export function register(program: Command): void {
   }
   cmd
     .option('--resume', 'continue the run in --out from its newest checkpoint, with its settings (options given again override them)')
+    .option('--mpi', 'data-parallel over MPI processes even when no launcher is detected (under mpirun / srun it is automatic; docs/mpi.md)')
     .option('--dry-run', "print what the run will hold in memory (teacher, student, EMA, Adam, gradients, LoRA, activations) against the backend's limit, from config.json and the weight headers; load nothing and exit")
     .option('--overwrite', 'start afresh over a previous distill run in --out (removes only that run\'s files)')
     .addOption(backendOption())
     .action(async (flags: DistillFlags) => {
-      const { config: configPath, resume, overwrite, backend: backendFlag, dryRun: dry, ...given } = flags;
+      const { config: configPath, resume, overwrite, backend: backendFlag, dryRun: dry, mpi, ...given } = flags;
       const fromFile = configPath ? await readConfigFile(configPath) : {};
       const defined = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) as Partial<RunSettings>;
       const o: Partial<RunSettings> & { backend?: string } = { ...fromFile, ...defined };
@@ -99,7 +101,9 @@ export function register(program: Command): void {
           prefetch: o.prefetch,
           exportRawWeights: o.rawWeights,
           stopRequested: signals.requested,
+          mpi: Boolean(mpi),
         });
+        if (result.rank !== 0) return; // rank 0 reports for an MPI run
         process.stdout.write(`${JSON.stringify(result)}\n`);
         reportStop(signals, result.step, `npx swiftbrush distill --out ${o.out} --resume`);
       } finally {

@@ -11,6 +11,7 @@ import type { DistillState, TrainingSnapshot } from './state.ts';
 import { snapshotTrainingState, writeTrainingSnapshot } from './state.ts';
 import { saveCheckpoint } from '../util/checkpoint.ts';
 import { log } from '../log.ts';
+import { microStepsConsumed } from '../parallel/shard.ts';
 
 export interface CheckpointOptions {
   out: string;
@@ -33,7 +34,7 @@ export function checkpoint(state: DistillState, options: CheckpointOptions): Ope
       saveCheckpoint(options.out, step, (dir) => writeTrainingSnapshot(state, snapshot, dir), options.keep).then((path) => log.info({ step, path }, 'checkpoint saved')));
   return concatMap((ctx: StepContext) => {
     if (!shouldCheckpoint(ctx, options.every, options.force)) return of(ctx);
-    const snapshot = snapshotTrainingState(state, { step: ctx.step, microStep: ctx.microStep + 1, counters: state.counters });
+    const snapshot = snapshotTrainingState(state, { step: ctx.step, microStep: microStepsConsumed(ctx.microStep, state.world), counters: state.counters });
     return from(save(ctx.step, snapshot)).pipe(ignoreElements(), endWith(ctx));
   });
 }

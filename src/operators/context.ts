@@ -34,6 +34,9 @@ export interface StepMetrics {
   lossVsd?: number;
   /** The LoRA teacher's weighted denoising MSE. */
   lossLora?: number;
+  /** Mean losses of the whole window over every MPI process (set by syncProcesses on a window's end). */
+  windowLossVsd?: number;
+  windowLossLora?: number;
   /** Pre-clip gradient norms, on micro-batches that close a window. */
   gradNormStudent?: number;
   gradNormLora?: number;

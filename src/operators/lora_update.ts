@@ -13,6 +13,7 @@ import type { OperatorFunction } from 'rxjs';
 import { tf } from '../tf.ts';
 import type { Tensor } from '../tf.ts';
 import type { StepContext } from './context.ts';
+import { microBatchWeight } from '../parallel/gradient_sync.ts';
 import { take } from './context.ts';
 import { stepOperator } from './operator.ts';
 import type { DistillState } from './state.ts';
@@ -32,7 +33,7 @@ export function loraUpdate(state: DistillState): OperatorFunction<StepContext, S
       if (condition !== y) toDispose.push(condition);
       const { loss, grads } = loraGradients(state, xt, ctx.loraTimesteps, condition, target);
       ctx.metrics.lossLora = loss;
-      state.loraGrads.addOwned(grads, 1 / state.config.gradAccum);
+      state.loraGrads.addOwned(grads, microBatchWeight(state));
       if (ctx.closesWindow) {
         const { norm, skipped } = stepLora(state, state.loraGrads.take());
         ctx.metrics.gradNormLora = norm;

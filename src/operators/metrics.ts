@@ -50,8 +50,8 @@ export function stepRecords(state: DistillState, onRecord: (r: StepRecord) => vo
     onRecord({
       step: ctx.step,
       micro_step: ctx.microStep,
-      loss_vsd: mean(vsd),
-      loss_lora: mean(lora),
+      loss_vsd: ctx.metrics.windowLossVsd ?? mean(vsd),
+      loss_lora: ctx.metrics.windowLossLora ?? mean(lora),
       grad_norm_student: ctx.metrics.gradNormStudent ?? null,
       grad_norm_lora: ctx.metrics.gradNormLora ?? null,
       skipped: Boolean(ctx.metrics.skippedStudent || ctx.metrics.skippedLora),

@@ -23,7 +23,7 @@ export function offloadToReplicas(state: DistillState): OperatorFunction<StepCon
     const y = take(ctx, 'promptEmbeds', 'offloadToReplicas');
     try {
       const index = pool.slotFor(ctx.windowIndex);
-      pool.submit(index, ctx.microStep, y.dataSync() as Float32Array, y.shape[0], state);
+      pool.submit(index, ctx.microStep, ctx.step, y.dataSync() as Float32Array, y.shape[0], state);
       ctx.onReplica = index + 1;
     } finally {
       y.dispose();

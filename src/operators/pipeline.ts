@@ -34,17 +34,20 @@ export function swiftbrushStep(state: DistillState): OperatorFunction<StepContex
  * Turns embedding batches into step contexts: uploads `promptEmbeds` and numbers the micro-batch.
  * `firstMicroStep` and `firstStep` continue both counts after a resume; windows are counted from
  * there, so a run resumed with another `gradAccum` keeps its optimiser-step numbering.
+ * `microStepStride` N > 1 numbers the batches of one process of an MPI world that takes every N-th
+ * micro-batch of the global stream (firstMicroStep = the global start + its rank): the micro-step
+ * stays the global index, which keys every random draw.
  */
-export function toStepContext(gradAccum: number, firstMicroStep = 0, firstStep = Math.floor(firstMicroStep / gradAccum)): OperatorFunction<EmbeddingBatch, StepContext> {
+export function toStepContext(gradAccum: number, firstMicroStep = 0, firstStep = Math.floor(firstMicroStep / gradAccum), microStepStride = 1): OperatorFunction<EmbeddingBatch, StepContext> {
   return (source) =>
     defer(() => {
-      let microStep = firstMicroStep;
+      let sinceStart = 0;
       return source.pipe(
         map((batch): StepContext => {
-          const m = microStep++;
+          const s = sinceStart++;
           return createStepContext({
-            microStep: m,
-            ...windowPosition(m - firstMicroStep, firstStep, gradAccum),
+            microStep: firstMicroStep + s * microStepStride,
+            ...windowPosition(s, firstStep, gradAccum),
             prompts: batch.prompts,
             position: batch.position,
             promptEmbeds: tf.tensor3d(batch.embeds, batch.shape),
@@ -61,6 +64,8 @@ export interface DistillStreamOptions {
   firstMicroStep?: number;
   /** Optimiser step to start from (resume; default firstMicroStep / gradAccum). */
   firstStep?: number;
+  /** Global micro-steps between two batches of this process (the MPI world's size; default 1). */
+  microStepStride?: number;
   /** Operators after the SwiftBrush step (checkpoint, validation, metrics, progress, your own). */
   operators?: OperatorFunction<StepContext, StepContext>[];
   /**
@@ -142,7 +147,7 @@ export function distill(state: DistillState, options: DistillStreamOptions): Obs
     let inFlight: StepContext | null = null;
     const steps = options.batches(demand).pipe(
       oneAtATime(left, () => demand.next()),
-      toStepContext(state.config.gradAccum, options.firstMicroStep ?? 0, options.firstStep),
+      toStepContext(state.config.gradAccum, options.firstMicroStep ?? 0, options.firstStep, options.microStepStride),
       tap((ctx) => (inFlight = ctx)),
       swiftbrushStep(state),
       options.settle ?? identity,

@@ -12,6 +12,9 @@ import { RUN_DEFAULTS, OFFICIAL_DEFAULTS, SETTINGS, SETTING_KEYS, checkSettings,
 import { yieldToEventLoop } from './yield_to_event_loop.ts';
 import { latestCheckpoint, removeLeftovers } from '../util/checkpoint.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
+import { worldForRun, type World } from '../parallel/mpi.ts';
+import { shardOf } from '../parallel/shard.ts';
+import { syncProcesses } from './sync_processes.ts';
 import { log } from '../log.ts';
 import type { StepContext } from './context.ts';
 import { checkpoint } from './checkpoint.ts';
@@ -62,6 +65,8 @@ export interface DistillRunOptions {
    * its checkpoint is written, nothing after it is computed, and the student is exported.
    */
   stopRequested?: () => boolean;
+  /** Open an MPI world even when no launcher's environment is seen (default: only under mpirun / srun; docs/mpi.md). */
+  mpi?: boolean;
   /** Extra operators after the built-in ones, given the run's state (built before the stream starts). */
   operators?: (state: DistillState) => OperatorFunction<StepContext, StepContext>[];
   tty?: boolean;
@@ -76,7 +81,7 @@ export interface DistillRunOptions {
 const RUN_OPTIONS: Record<keyof DistillRunOptions, true> = {
   teacher: true, embeddings: true, out: true, steps: true, config: true, checkpointEvery: true, checkpointsTotalLimit: true,
   resume: true, validationEvery: true, validationPrompts: true, prefetch: true, shuffle: true, shuffleBuffer: true,
-  exportRawWeights: true, defaults: true, stopRequested: true, operators: true, tty: true, backend: true,
+  exportRawWeights: true, defaults: true, stopRequested: true, operators: true, tty: true, backend: true, mpi: true,
 };
 
 function refuseUnknownOptions(o: object): void {
@@ -91,6 +96,8 @@ export interface DistillRunResult {
   step: number;
   studentDir: string;
   stoppedEarly: boolean;
+  /** This process's rank in the MPI world (0 without MPI): only rank 0 wrote the student. */
+  rank: number;
 }
 
 /** n validation prompts spread evenly over the first rows of the files (not just the first n). */
@@ -157,10 +164,25 @@ function sameSetting(key: SettingKey, a: unknown, b: unknown): boolean {
 }
 
 /**
+ * The checkpoint to resume from, the same on every process: rank 0's newest (the output folder must
+ * be on storage every process sees; a process that cannot see it stops the run by name).
+ */
+async function resumeCheckpoint(out: string, world: World | undefined): Promise<{ step: number; path: string } | undefined> {
+  const own = await latestCheckpoint(out);
+  if (!world || world.size === 1) return own;
+  const chosen = new Float64Array([world.rank === 0 ? (own?.step ?? -1) : -1]);
+  world.allreduceMax64(chosen);
+  if (chosen[0]! < 0) return undefined;
+  const path = join(out, `checkpoint-${chosen[0]}`);
+  if (own?.step !== chosen[0] && !existsSync(path)) throw new Error(`rank ${world.rank}: ${path} (rank 0's newest checkpoint) is not visible here: --out must be on storage shared by every process`);
+  return { step: chosen[0]!, path };
+}
+
+/**
  * The settings a run goes with: the options given (validated), over the resumed checkpoint's
  * settings when resuming, over `defaults`, over the schema's defaults. Logs what a resume changes.
  */
-export async function resolveRunSettings(o: DistillRunOptions): Promise<{ settings: RunSettings; resumeFrom?: { step: number; path: string } }> {
+export async function resolveRunSettings(o: DistillRunOptions, world: World | undefined): Promise<{ settings: RunSettings; resumeFrom?: { step: number; path: string } }> {
   const given = checkSettings({
     teacher: o.teacher,
     embeddings: o.embeddings,
@@ -178,8 +200,9 @@ export async function resolveRunSettings(o: DistillRunOptions): Promise<{ settin
   let chosen = given;
   let resumeFrom: { step: number; path: string } | undefined;
   if (o.resume) {
-    await removeLeftovers(o.out); // of a run killed while it wrote or pruned a checkpoint
-    resumeFrom = await latestCheckpoint(o.out);
+    // Hidden leftovers of a run killed while it wrote or pruned a checkpoint (rank 0 is the only writer).
+    if (!world || world.rank === 0) await removeLeftovers(o.out);
+    resumeFrom = await resumeCheckpoint(o.out, world);
     const saved = await readSavedSettings(o.out, resumeFrom?.path);
     if (saved) {
       const source = resumeFrom?.path ?? join(o.out, 'config.json');
@@ -208,7 +231,12 @@ async function teacherWidth(teacherDir: string): Promise<{ width: number; model:
 export async function runDistillation(o: DistillRunOptions): Promise<DistillRunResult> {
   refuseUnknownOptions(o);
   await initBackend(o.backend);
-  const { settings, resumeFrom } = await resolveRunSettings(o);
+  const world = worldForRun(o.mpi);
+  const shard = shardOf(world);
+  const writer = shard.rank === 0; // rank 0 writes checkpoints, exports, metrics, grids, progress
+  if (!writer) log.level = 'warn';
+  if (world) log.info({ processes: shard.size, library: world.library }, 'MPI world');
+  const { settings, resumeFrom } = await resolveRunSettings(o, world);
   const config: DistillConfig = distillConfig(pickDistillConfig(settings));
   if (!config.lrDecaySteps) config.lrDecaySteps = settings.steps;
   const files = expandFiles(settings.embeddings);
@@ -224,6 +252,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
   const runConfig = Object.fromEntries(saved.map((k) => [k, k === 'embeddings' ? files : settings[k]])) as unknown as RunSettings;
   state.runSettings = runConfig;
   let vae: AutoencoderKL | undefined;
+  state.world = world;
   try {
     let firstMicroStep = 0;
     let startStep = 0;
@@ -239,7 +268,7 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
       state.replicas = await ReplicaPool.start(state, { count: config.replicas - 1, teacherDir: settings.teacher, backend: tf.getBackend(), maxBatch: config.batchSize });
       log.info({ replicas: config.replicas, backend: tf.getBackend() }, 'data-parallel replica threads started');
     }
-    await writeJsonAtomic(join(o.out, 'config.json'), runConfig);
+    if (writer) await writeJsonAtomic(join(o.out, 'config.json'), runConfig);
     const steps = settings.steps;
     if (startStep >= steps) {
       log.info({ step: startStep }, 'already at the requested number of steps');
@@ -250,10 +279,14 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
       // no step beyond it is computed, and the checkpoint written at that step (ctx.last) holds
       // exactly the weights exported. A signal during a validation grid is seen at the next
       // micro-batch's check, or right after the grid, which asks again before the checkpoint.
+      // Under MPI a stop is the processes' agreement at the window's end (any rank's request stops
+      // all, at the same optimiser step); the answer is kept per window, so asking again after a
+      // grid (rank 0 only) gives the agreed answer and starts no collective.
       const stop = () => Boolean(o.stopRequested?.());
-      const isLast = (ctx: StepContext) => ctx.closesWindow && (ctx.step >= steps || stop());
-      const operators: OperatorFunction<StepContext, StepContext>[] = [];
-      if (settings.validationEvery > 0) {
+      const sync = world ? syncProcesses(state, world, { stopRequested: stop, checksumEvery: settings.checkpointEvery }) : undefined;
+      const isLast = (ctx: StepContext) => ctx.closesWindow && (ctx.step >= steps || (sync ? sync.stopAgreed(ctx) : stop()));
+      const operators: OperatorFunction<StepContext, StepContext>[] = sync ? [sync.operator] : [];
+      if (writer && settings.validationEvery > 0) {
         const v = await validationPrompts(files, settings.validationPrompts, width);
         // A latent teacher's grids are decoded through its VAE.
         const vaeDir = (await resolveTeacherDirs(settings.teacher)).vae;
@@ -264,28 +297,31 @@ export async function runDistillation(o: DistillRunOptions): Promise<DistillRunR
         });
         operators.push(validation(state, { out: o.out, every: settings.validationEvery, embeds: v.embeds, shape: v.shape, prompts: v.prompts, seed: config.seed, vae }), askAgain);
       }
-      operators.push(
-        // The metrics line before the checkpoint: a run killed between the two redoes the step and logs it again, rather than never.
-        metricsJsonl(state, join(o.out, 'metrics.jsonl')),
-        checkpoint(state, { out: o.out, every: settings.checkpointEvery, keep: settings.checkpointsTotalLimit }),
-        progress(state, { totalSteps: steps, startStep, tty: o.tty }),
-        ...(o.operators?.(state) ?? []),
-      );
+      if (writer) {
+        operators.push(
+          // The metrics line before the checkpoint: a run killed between the two redoes the step and logs it again, rather than never.
+          metricsJsonl(state, join(o.out, 'metrics.jsonl')),
+          checkpoint(state, { out: o.out, every: settings.checkpointEvery, keep: settings.checkpointsTotalLimit }),
+          progress(state, { totalSteps: steps, startStep, tty: o.tty }),
+          ...(o.operators?.(state) ?? []),
+        );
+      }
       const steps$ = distill(state, {
-        firstMicroStep,
+        firstMicroStep: firstMicroStep + shard.rank,
         firstStep: startStep,
+        microStepStride: shard.size,
         operators,
         settle: yieldToEventLoop(),
         stopAfter: isLast,
         batches: (demand) =>
-          embeddingBatches({ files, width, batchSize: config.batchSize, shuffle: o.shuffle ?? true, shuffleBuffer: o.shuffleBuffer, seed: config.seed, epochs: Infinity, startBatch: firstMicroStep, prefetch: settings.prefetch, demand }),
+          embeddingBatches({ files, width, batchSize: config.batchSize, shuffle: o.shuffle ?? true, shuffleBuffer: o.shuffleBuffer, seed: config.seed, epochs: Infinity, startBatch: firstMicroStep, batchStride: shard.size, batchOffset: shard.rank, prefetch: settings.prefetch, demand }),
       });
       const last = await lastValueFrom(steps$, { defaultValue: undefined });
       startStep = last?.step ?? startStep;
     }
-    const studentDir = await exportStudent(state, o.out, { teacherDir: settings.teacher, raw: settings.rawWeights, runConfig });
-    log.info({ step: startStep, studentDir }, 'student exported');
-    return { step: startStep, studentDir, stoppedEarly: startStep < settings.steps };
+    const studentDir = writer ? await exportStudent(state, o.out, { teacherDir: settings.teacher, raw: settings.rawWeights, runConfig }) : join(o.out, 'student');
+    if (writer) log.info({ step: startStep, studentDir }, 'student exported');
+    return { step: startStep, studentDir, stoppedEarly: startStep < settings.steps, rank: shard.rank };
   } finally {
     await state.replicas?.dispose();
     vae?.dispose();

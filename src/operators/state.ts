@@ -20,6 +20,7 @@ import { Adam, EmaWeights, GradAccumulator } from '../models/optim.ts';
 import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { SeededDraws, type Draws } from '../swiftbrush/draws.ts';
 import type { StepObserver } from '../swiftbrush/observer.ts';
+import type { World } from '../parallel/mpi.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 import { pipelineLayouts, resolvePipelineDirs, SCHEDULER_CONFIG, type PipelineDirs } from '../models/pipeline_folder.ts';
 
@@ -47,6 +48,8 @@ export interface DistillState {
   readonly nullEmbeds: Tensor3D;
   /** Data-parallel replica threads (set by runDistillation when config.replicas > 1). */
   replicas?: Replicas;
+  /** The MPI world of a multi-process run (set by runDistillation under mpirun / srun / --mpi). */
+  world?: World;
   /** Counters that survive a resume. */
   readonly counters: { nonFiniteInARow: number; skippedSteps: number };
   /** The run's complete settings, written into every checkpoint so that --resume restores them. */
@@ -61,8 +64,8 @@ export interface DistillState {
 export interface Replicas {
   /** Slot for a micro-batch that does not close its window. */
   slotFor(windowIndex: number): number;
-  /** Hands one micro-batch to replica `index`. */
-  submit(index: number, microStep: number, embeds: Float32Array, batchSize: number, state: DistillState): void;
+  /** Hands one micro-batch (of optimiser step `step`) to replica `index`. */
+  submit(index: number, microStep: number, step: number, embeds: Float32Array, batchSize: number, state: DistillState): void;
   /** Waits for every busy replica and adds its gradients to `state`'s accumulators. */
   collectInto(state: DistillState): void;
   /** Writes the current student and LoRA weights for the replicas. */

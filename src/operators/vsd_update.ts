@@ -18,6 +18,7 @@ import type { OperatorFunction } from 'rxjs';
 import { tf } from '../tf.ts';
 import type { Tensor } from '../tf.ts';
 import type { StepContext } from './context.ts';
+import { microBatchWeight } from '../parallel/gradient_sync.ts';
 import { need, take } from './context.ts';
 import { stepOperator } from './operator.ts';
 import type { DistillState } from './state.ts';
@@ -51,7 +52,7 @@ export function vsdUpdate(state: DistillState): OperatorFunction<StepContext, St
       // The window's other micro-batches, computed meanwhile on replica threads, are added first:
       // the sum then runs in micro-batch order, exactly as in a sequential run.
       if (ctx.closesWindow) state.replicas?.collectInto(state);
-      state.studentGrads.addOwned(grads, 1 / state.config.gradAccum);
+      state.studentGrads.addOwned(grads, microBatchWeight(state));
       if (ctx.closesWindow) {
         const { norm, skipped } = stepStudent(state, state.studentGrads.take());
         ctx.metrics.gradNormStudent = norm;

@@ -66,13 +66,14 @@ async function main(): Promise<void> {
       }
       const microStep = Atomics.load(control, CTRL.microStep);
       const batchSize = Atomics.load(control, CTRL.batchSize);
+      const step = Atomics.load(control, CTRL.step);
       const embeds = new Float32Array(init.slot.embeds, 0, batchSize * L * D).slice();
       const gradAccum = state.config.gradAccum;
       finished = null;
       input.next({
         microStep,
-        step: Math.floor(microStep / gradAccum),
-        windowIndex: microStep % gradAccum,
+        step,
+        windowIndex: microStep % gradAccum, // unused here: the replica never closes a window
         closesWindow: false, // the main thread closes every window
         prompts: [],
         position: { epoch: 0, batchIndex: microStep },

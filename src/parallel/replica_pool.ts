@@ -23,7 +23,7 @@ import { updatesStudent, type DistillConfig, type DistillState, type Replicas } 
 /** Slot states (Int32 in shared memory). */
 export const SLOT = { idle: 0, job: 1, done: 2, failed: 3, stop: 4 } as const;
 /** Slot control words. */
-export const CTRL = { state: 0, microStep: 1, batchSize: 2, size: 3 } as const;
+export const CTRL = { state: 0, microStep: 1, batchSize: 2, step: 3, size: 4 } as const;
 const ERROR_BYTES = 4096;
 
 /** What a replica needs to build its own copy of the distillation state. */
@@ -110,6 +110,8 @@ interface Slot {
   embeds: Float32Array;
   grads: Float32Array;
   busyWith: number | null;
+  /** The optimiser step of the micro-batch in progress. */
+  busyStep: number;
 }
 
 export class ReplicaPool implements Replicas {
@@ -146,7 +148,7 @@ export class ReplicaPool implements Replicas {
         const buffers = slotBuffers(total, options.maxBatch * L * D);
         const init: ReplicaInit = { backend: options.backend, teacherDir: options.teacherDir, nullEmbeds: nullEmbeds.slice(), embedShape: [L, D], config: state.config, layout, studentCount, maxBatch: options.maxBatch, weights, weightsVersion, slot: buffers };
         const worker = new Worker(new URL('./replica_worker.mjs', import.meta.url), { workerData: init, execArgv: [] });
-        slots.push({ worker, buffers, control: new Int32Array(buffers.control), embeds: new Float32Array(buffers.embeds), grads: new Float32Array(buffers.grads), busyWith: null });
+        slots.push({ worker, buffers, control: new Int32Array(buffers.control), embeds: new Float32Array(buffers.embeds), grads: new Float32Array(buffers.grads), busyWith: null, busyStep: 0 });
       }
       await Promise.all(slots.map((s, i) => whenReady(s.worker, i)));
     } catch (err) {
@@ -173,16 +175,20 @@ export class ReplicaPool implements Replicas {
 
   /**
    * Hands one micro-batch to replica `index` (waiting for that replica's previous micro-batch
-   * first, whose gradients then go into `state`'s accumulators).
+   * first, whose gradients then go into `state`'s accumulators). `step` is the optimiser step the
+   * micro-batch belongs to (the global micro-step index alone does not tell it under MPI or after a
+   * resume with another --grad-accum).
    */
-  submit(index: number, microStep: number, embeds: Float32Array, batchSize: number, state: DistillState): void {
+  submit(index: number, microStep: number, step: number, embeds: Float32Array, batchSize: number, state: DistillState): void {
     const slot = this.slots[index]!;
     if (slot.busyWith !== null) this.harvest(slot, index, state);
     if (embeds.length > slot.embeds.length) throw new Error(`replica ${index + 1}: a micro-batch of ${batchSize} prompts exceeds the ${slot.embeds.length} floats reserved`);
     slot.embeds.set(embeds);
     Atomics.store(slot.control, CTRL.microStep, microStep);
     Atomics.store(slot.control, CTRL.batchSize, batchSize);
+    Atomics.store(slot.control, CTRL.step, step);
     slot.busyWith = microStep;
+    slot.busyStep = step;
     Atomics.store(slot.control, CTRL.state, SLOT.job);
     Atomics.notify(slot.control, CTRL.state);
   }
@@ -201,9 +207,11 @@ export class ReplicaPool implements Replicas {
       if (s === SLOT.failed) throw new Error(`replica ${index + 1} failed on micro-batch ${slot.busyWith}: ${readError(slot.buffers.error)}`);
       Atomics.wait(slot.control, CTRL.state, s, 60_000);
     }
-    const step = Math.floor(slot.busyWith! / state.config.gradAccum);
-    if (updatesStudent(state.config, step)) state.studentGrads.addOwned(named(this.studentNames, unpack(slot.grads, this.shapes, 0, this.studentCount)), 1);
-    state.loraGrads.addOwned(named(this.loraNames, unpack(slot.grads, this.shapes, this.studentCount, this.shapes.length - this.studentCount)), 1);
+    // The replica weighted its micro-batch 1/gradAccum; across an MPI world of N processes the
+    // window's weight is 1/(gradAccum·N) (gradient_sync.ts).
+    const weight = 1 / (state.world?.size ?? 1);
+    if (updatesStudent(state.config, slot.busyStep)) state.studentGrads.addOwned(named(this.studentNames, unpack(slot.grads, this.shapes, 0, this.studentCount)), weight);
+    state.loraGrads.addOwned(named(this.loraNames, unpack(slot.grads, this.shapes, this.studentCount, this.shapes.length - this.studentCount)), weight);
     slot.busyWith = null;
     Atomics.store(slot.control, CTRL.state, SLOT.idle);
   }

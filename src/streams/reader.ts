@@ -28,6 +28,11 @@
  *   count null-prompt rows); inside the target epoch the order is replayed on row indices only,
  *   and only the row groups whose rows are still needed (current group and shuffle-buffer content)
  *   are decoded. The resumed sequence equals the tail of the uninterrupted one.
+ * - Batch striding (data-parallel processes): with `batchStride` N and `batchOffset` r, only the
+ *   batches startBatch + r, startBatch + r + N, … of the same stream are emitted (each process of an
+ *   MPI world builds the whole stream and keeps its own micro-batches; the others' are assembled
+ *   into a reused buffer and dropped). The N processes together emit exactly the batches of the
+ *   unstrided stream, with the same contents and positions.
  */
 import { readdirSync, statSync } from 'node:fs';
 import { resolve, join, dirname, basename, sep } from 'node:path';
@@ -78,6 +83,10 @@ export interface EmbeddingStreamOptions extends OpenOptions {
   prefetch?: number;
   /** Global batch index to resume at. */
   startBatch?: number;
+  /** Emit every `batchStride`-th batch from startBatch + batchOffset on (default 1: all). */
+  batchStride?: number;
+  /** 0 ≤ batchOffset < batchStride (default 0). */
+  batchOffset?: number;
   /** Drop each epoch's final short batch (default false: keep it, unpadded). */
   dropLast?: boolean;
   /** Credit-based backpressure: each value acknowledges one batch. */
@@ -258,6 +267,9 @@ function checkOptions(o: EmbeddingStreamOptions): void {
   posInt('startBatch', o.startBatch, 0);
   posInt('worldSize', o.worldSize, 1);
   posInt('rank', o.rank, 0);
+  posInt('batchStride', o.batchStride, 1);
+  posInt('batchOffset', o.batchOffset, 0);
+  if ((o.batchOffset ?? 0) >= (o.batchStride ?? 1)) throw new RangeError(`batchOffset ${o.batchOffset} must be < batchStride ${o.batchStride ?? 1}`);
   if ((o.rank ?? 0) >= (o.worldSize ?? 1)) throw new RangeError(`rank ${o.rank} must be < worldSize ${o.worldSize ?? 1}`);
   const e = o.epochs ?? 1;
   if (!(e === Infinity || (Number.isInteger(e) && e >= 0))) throw new RangeError(`epochs must be a non-negative integer or Infinity, got ${e}`);
@@ -292,6 +304,8 @@ async function* batchesOf(plan: Plan, o: EmbeddingStreamOptions): AsyncGenerator
   const epochs = o.epochs ?? 1;
   const seed = o.seed ?? 0;
   const startBatch = o.startBatch ?? 0;
+  const stride = o.batchStride ?? 1;
+  const offset = o.batchOffset ?? 0;
   const dropLast = o.dropLast ?? false;
   const shuffle = o.shuffle ?? false;
   const S = shuffle ? (o.shuffleBuffer ?? Math.max(B, Math.min(10_000, Math.floor((64 * 2 ** 20) / (per * 4))))) : 0;
@@ -382,6 +396,10 @@ async function* batchesOf(plan: Plan, o: EmbeddingStreamOptions): AsyncGenerator
       const position = { epoch, batchIndex };
       batchIndex++;
       if (skipping) return null;
+      if ((position.batchIndex - startBatch) % stride !== offset) {
+        prompts = []; // another process's batch: `out` is reused for the next one
+        return null;
+      }
       const embeds = n === B ? out! : out!.slice(0, n * per);
       const batch: EmbeddingBatch = { embeds, shape: [n, L, D], prompts, position };
       out = new Float32Array(B * per);

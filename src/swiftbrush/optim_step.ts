@@ -1,11 +1,13 @@
 /**
  * The optimiser steps of a SwiftBrush window, once: clip the window's summed gradients
  * (maxGradNorm), skip the step when they are non-finite, set the student's lr from its schedule,
- * Adam. The operators and the reference loop both call these.
+ * Adam. The operators and the reference loop both call these. Under MPI the window's gradients are
+ * first summed over every process (src/parallel/gradient_sync.ts) and all processes skip together.
  */
 import { tf } from '../tf.ts';
 import { clipGradNorm, type NamedGrads } from '../models/optim.ts';
 import type { DistillConfig, DistillState } from '../operators/state.ts';
+import { agreeOnSkip, allProcessesGradients } from '../parallel/gradient_sync.ts';
 
 export interface OptimizerStepResult {
   /** The gradients' global norm before clipping. */
@@ -15,10 +17,10 @@ export interface OptimizerStepResult {
 }
 
 /** Clips and applies a window's summed gradients unless they are non-finite; disposes `grads`. */
-export function stepOptimizer(grads: NamedGrads, maxGradNorm: number, apply: (g: NamedGrads) => void): OptimizerStepResult {
+export function stepOptimizer(grads: NamedGrads, maxGradNorm: number, apply: (g: NamedGrads) => void, agree: (skip: boolean) => boolean = (skip) => skip): OptimizerStepResult {
   const clipped = clipGradNorm(grads, maxGradNorm);
   try {
-    const skipped = !Number.isFinite(clipped.norm);
+    const skipped = agree(!Number.isFinite(clipped.norm));
     if (!skipped) apply(clipped.grads);
     return { norm: clipped.norm, skipped };
   } finally {
@@ -41,15 +43,15 @@ export function lrFactor(stepsTaken: number, schedule: { lrWarmupSteps: number; 
 
 /** The student's step on a window's gradients: lr from its schedule, clip, Adam (or skip). */
 export function stepStudent(state: DistillState, grads: NamedGrads): OptimizerStepResult {
-  return stepOptimizer(grads, state.config.maxGradNorm, (g) => {
+  return stepOptimizer(allProcessesGradients(state, 'student', grads), state.config.maxGradNorm, (g) => {
     state.studentOptimizer.lr = state.config.studentLr * lrFactor(state.studentOptimizer.step, state.config);
     state.studentOptimizer.apply(g);
-  });
+  }, (skip) => agreeOnSkip(state.world, skip));
 }
 
 /** The LoRA teacher's step on a window's gradients: clip, Adam (or skip). */
 export function stepLora(state: DistillState, grads: NamedGrads): OptimizerStepResult {
-  return stepOptimizer(grads, state.config.maxGradNorm, (g) => state.loraOptimizer.apply(g));
+  return stepOptimizer(allProcessesGradients(state, 'lora', grads), state.config.maxGradNorm, (g) => state.loraOptimizer.apply(g), (skip) => agreeOnSkip(state.world, skip));
 }
 
 /** At the end of the data, a partial window's gradients still step (as accelerate does). */
