@@ -8,7 +8,6 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsFileReader, type StoredTensor, type TensorEntry } from './safetensors.ts';
-import type { ParamSpec } from './params.ts';
 
 /**
  * diffusers' `_add_variant`: the variant goes before the last extension, or before `.index.json`
@@ -138,7 +137,7 @@ function availableHint(dir: string, weightsName: string, variant?: string): stri
 }
 
 /** Missing, unexpected and mis-shaped keys of `source` against the model's parameters, as one error naming the source. */
-export function checkAgainst(specs: readonly Pick<ParamSpec, 'name' | 'torchShape'>[], source: TensorSource, what = 'the UNet config'): void {
+export function checkAgainst(specs: readonly { name: string; torchShape: number[] }[], source: TensorSource, what = 'the UNet config'): void {
   const expected = new Map(specs.map((p) => [p.name, p]));
   const missing = specs.filter((p) => !source.entries.has(p.name)).map((p) => p.name);
   const unexpected = [...source.entries.keys()].filter((k) => !expected.has(k));
