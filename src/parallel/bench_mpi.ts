@@ -8,7 +8,7 @@
 import { mkdtemp, readFile, realpath, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { lastValueFrom, takeWhile, tap } from 'rxjs';
+import { lastValueFrom, tap } from 'rxjs';
 import { embeddingBatches, readNullEmbedding } from '../streams/reader.ts';
 import { OFFICIAL_DEFAULTS, createDistillState, disposeDistillState, resolveTeacherDirs, type DistillConfig } from '../operators/state.ts';
 import { distill } from '../operators/pipeline.ts';
@@ -107,7 +107,7 @@ export async function runMpiBench(o: MpiBenchOptions): Promise<MpiBenchResult> {
         ],
         batches: (demand) => embeddingBatches({ files: [o.embeddings], batchSize: o.batchSize, shuffle: true, seed: config.seed, epochs: Infinity, batchStride: world.size, batchOffset: world.rank, demand }),
       });
-      await lastValueFrom(steps$.pipe(takeWhile((ctx) => !ctx.last, true)), { defaultValue: undefined });
+      await lastValueFrom(steps$, { defaultValue: undefined });
     } finally {
       disposeDistillState(state);
     }
