@@ -15,7 +15,7 @@ import { ParamStore, type ParamSpec } from './params.ts';
 import { Conv2d } from './layers.ts';
 import { Decoder, DiagonalGaussianDistribution, Encoder } from './vae.ts';
 import type { StoredTensor } from './safetensors.ts';
-import { checkAgainst, readFloat32, WeightFiles, type TensorSource } from './weights.ts';
+import { checkAgainst, readBufferFor, readFloat32, WeightFiles, type TensorSource } from './weights.ts';
 import { CONFIG_NAME, WEIGHTS_NAME } from './unet_2d_condition.ts';
 
 /** The keys of a diffusers AutoencoderKL config this port reads. */
@@ -124,7 +124,8 @@ export class AutoencoderKL {
     const weights = WeightFiles.open(dir, WEIGHTS_NAME, options.variant);
     try {
       checkAgainst(AutoencoderKL.parameterSpecs(raw, configPath), weights, 'the VAE config');
-      return new AutoencoderKL(config, new ParamStore(0, options.trainable ?? false, { read: (name) => readFloat32(weights, name) }));
+      const buffer = readBufferFor(weights);
+      return new AutoencoderKL(config, new ParamStore(0, options.trainable ?? false, { read: (name) => readFloat32(weights, name, buffer) }));
     } finally {
       weights.close();
     }

@@ -9,7 +9,7 @@ import { tf } from '../tf.ts';
 import type { Tensor, Variable } from '../tf.ts';
 import type { StoredTensor } from './safetensors.ts';
 import { writeSafetensorsStreaming } from './safetensors.ts';
-import { checkAgainst, mapSource, readFloat32, type TensorSource } from './weights.ts';
+import { checkAgainst, mapSource, readBufferFor, readFloat32, type TensorSource } from './weights.ts';
 
 /** Host copies in PyTorch layout, keyed by diffusers name. */
 export type HostArrays = Record<string, { shape: number[]; data: Float32Array }>;
@@ -24,13 +24,34 @@ export interface Param {
   variable: Variable;
 }
 
+/** PyTorch layout → tfjs layout, as an axis permutation (null: the same layout). */
+function torchToTfPerm(kind: ParamKind): number[] | null {
+  return kind === 'conv' ? [2, 3, 1, 0] : kind === 'linear' ? [1, 0] : null;
+}
+
+/** The tfjs-layout shape of a PyTorch-layout one. */
+export function tfShapeOf(kind: ParamKind, torchShape: number[]): number[] {
+  const perm = torchToTfPerm(kind);
+  return perm ? perm.map((axis) => torchShape[axis]!) : torchShape;
+}
+
+/**
+ * A PyTorch-layout value as a tfjs-layout tensor. The tensor never shares `data`'s memory, so the
+ * caller may reuse `data` (a read buffer) as soon as this returns: a real transpose writes a new
+ * tensor (one op: a single pass over the values on the native backend); a permutation that moves
+ * only size-1 axes leaves the values in order and is a copy instead, since a backend may make such
+ * a transpose a view of its input.
+ */
 export function torchToTf(kind: ParamKind, data: Float32Array, torchShape: number[]): Tensor {
-  return tf.tidy(() => {
-    const t = tf.tensor(data, torchShape, 'float32');
-    if (kind === 'conv') return tf.transpose(t, [2, 3, 1, 0]);
-    if (kind === 'linear') return tf.transpose(t, [1, 0]);
-    return t;
-  });
+  const perm = torchToTfPerm(kind);
+  if (!perm || isReshape(torchShape, perm)) return tf.tensor(data.slice(), tfShapeOf(kind, torchShape), 'float32');
+  return tf.tidy(() => tf.transpose(tf.tensor(data, torchShape, 'float32'), perm));
+}
+
+/** Whether permuting `shape` by `perm` keeps the order of its axes longer than 1 (the values' order). */
+function isReshape(shape: number[], perm: number[]): boolean {
+  const moved = perm.filter((axis) => shape[axis]! > 1);
+  return moved.every((axis, i) => i === 0 || axis > moved[i - 1]!);
 }
 
 export function tfToTorch(kind: ParamKind, t: Tensor): Tensor {
@@ -48,7 +69,8 @@ let nextStoreId = 0;
  * Where a new parameter's value comes from:
  * - `random` (default): PyTorch's default initialisation, seeded;
  * - `read`: the value in PyTorch layout, e.g. from a weights file: the variable is built from it
- *   directly, so a loaded model is never randomly initialised first;
+ *   directly, so a loaded model is never randomly initialised first. The array may be a view
+ *   into a reused read buffer: the store copies it before the next read;
  * - `specOnly`: nothing; names, kinds and shapes are recorded and no variable is made (memory
  *   plans: a model's parameters from its config alone).
  */
@@ -83,7 +105,7 @@ export class ParamStore {
       this.params.set(name, { name, kind, torchShape, variable });
       return variable;
     }
-    const tfShape = kind === 'conv' ? [torchShape[2]!, torchShape[3]!, torchShape[1]!, torchShape[0]!] : kind === 'linear' ? [torchShape[1]!, torchShape[0]!] : torchShape;
+    const tfShape = tfShapeOf(kind, torchShape);
     const values = this.values;
     const value = tf.tidy(() => {
       if ('read' in values) return torchToTf(kind, values.read(name, torchShape), torchShape);
@@ -111,8 +133,9 @@ export class ParamStore {
   loadStateDict(tensors: Map<string, StoredTensor> | TensorSource, source: string, against: string): void {
     const from = tensors instanceof Map ? mapSource(tensors, source) : tensors;
     checkAgainst(this.specs(), from, against);
+    const buffer = readBufferFor(from);
     for (const [name, p] of this.params) {
-      const value = torchToTf(p.kind, readFloat32(from, name), p.torchShape);
+      const value = torchToTf(p.kind, readFloat32(from, name, buffer), p.torchShape);
       p.variable.assign(value);
       value.dispose();
     }

@@ -58,32 +58,95 @@ function f16Table(): Float32Array {
   return (F16_TABLE = table);
 }
 
-/** Decodes raw little-endian bytes (aligned: a fresh buffer) into a typed array; F16/BF16 widened to float32. */
-function decode(dtype: DType, buf: ArrayBuffer, count: number, where: string): TypedArray {
+/**
+ * Decodes raw little-endian bytes (aligned: offset 0 of `buf`, or a 4-byte aligned `byteOffset`) into a
+ * typed array; F16/BF16 widened to float32, into `wide` when given (a reused buffer) else a new array.
+ */
+function decode(dtype: DType, buf: ArrayBuffer, byteOffset: number, count: number, where: string, wide?: Float32Array): TypedArray {
   switch (dtype) {
-    case 'F32': return new Float32Array(buf, 0, count);
-    case 'F64': return new Float64Array(buf, 0, count);
-    case 'I32': return new Int32Array(buf, 0, count);
-    case 'I64': return new BigInt64Array(buf, 0, count);
-    case 'I16': return new Int16Array(buf, 0, count);
-    case 'I8': return new Int8Array(buf, 0, count);
-    case 'U8': case 'BOOL': return new Uint8Array(buf, 0, count);
+    case 'F32': return new Float32Array(buf, byteOffset, count);
+    case 'F64': return new Float64Array(buf, byteOffset, count);
+    case 'I32': return new Int32Array(buf, byteOffset, count);
+    case 'I64': return new BigInt64Array(buf, byteOffset, count);
+    case 'I16': return new Int16Array(buf, byteOffset, count);
+    case 'I8': return new Int8Array(buf, byteOffset, count);
+    case 'U8': case 'BOOL': return new Uint8Array(buf, byteOffset, count);
     case 'F16': {
-      const src = new Uint16Array(buf, 0, count);
+      const src = new Uint16Array(buf, byteOffset, count);
       const table = f16Table();
-      const out = new Float32Array(count);
+      const out = wide ?? new Float32Array(count);
       for (let i = 0; i < count; i++) out[i] = table[src[i]!]!;
       return out;
     }
     case 'BF16': {
-      const src = new Uint16Array(buf, 0, count);
-      const wide = new Uint32Array(count);
-      for (let i = 0; i < count; i++) wide[i] = src[i]! << 16;
-      return new Float32Array(wide.buffer);
+      const src = new Uint16Array(buf, byteOffset, count);
+      const out = wide ?? new Float32Array(count);
+      const bits = new Uint32Array(out.buffer, out.byteOffset, count);
+      for (let i = 0; i < count; i++) bits[i] = src[i]! << 16;
+      return out;
     }
     default: throw new Error(`${where}: unsupported dtype '${dtype as string}'`);
   }
 }
+
+/**
+ * A destination for tensor reads that is allocated once and reused, so that reading a model does
+ * not allocate a fresh buffer per tensor: fresh memory costs a page fault per 4 KiB on first touch,
+ * which made up a third of an SD-sized load (docs/scale.md). `reserve` it for the largest tensor
+ * first, or it grows as larger tensors come.
+ *
+ * What `SafetensorsFileReader.read(name, buffer)` returns is a view into the buffer: valid until the
+ * buffer's next read. The float32 values start 64-byte aligned where the allocator allows (see
+ * `ALIGNED_AT`), so that tfjs-node's TensorFlow can use them in place instead of copying them.
+ */
+export class ReadBuffer {
+  /** Float32 results: F32 tensors are read straight into it, F16/BF16 widened into it. */
+  private values = new ArrayBuffer(0);
+  /** The raw bytes of tensors that are decoded into `values` (F16/BF16). */
+  private staging = new Uint8Array(new ArrayBuffer(0));
+
+  /** Grows the buffer to hold a tensor of `count` values of `dtype` without a later reallocation. */
+  reserve(dtype: DType, count: number): void {
+    const bytes = count * BYTES[dtype];
+    if (dtype === 'F16' || dtype === 'BF16') {
+      if (this.staging.length < bytes) this.staging = new Uint8Array(bytes);
+      this.ensureValues(count * 4);
+    } else {
+      this.ensureValues(bytes);
+    }
+  }
+
+  /** `bytes` bytes at the aligned start of the value buffer. */
+  valueBytes(bytes: number): { buf: ArrayBuffer; byteOffset: number; view: Uint8Array } {
+    this.ensureValues(bytes);
+    return { buf: this.values, byteOffset: ALIGNED_AT, view: new Uint8Array(this.values, ALIGNED_AT, bytes) };
+  }
+
+  /** `count` float32 slots at the aligned start of the value buffer. */
+  floats(count: number): Float32Array {
+    this.ensureValues(count * 4);
+    return new Float32Array(this.values, ALIGNED_AT, count);
+  }
+
+  /** `bytes` staging bytes (raw data to be decoded into the value buffer). */
+  stagingBytes(bytes: number): Uint8Array<ArrayBuffer> {
+    if (this.staging.length < bytes) this.staging = new Uint8Array(bytes);
+    return this.staging.subarray(0, bytes);
+  }
+
+  private ensureValues(bytes: number): void {
+    if (this.values.byteLength < ALIGNED_AT + bytes) this.values = new ArrayBuffer(ALIGNED_AT + bytes);
+  }
+}
+
+/**
+ * Where a ReadBuffer's values start. V8 takes large ArrayBuffers from glibc's malloc, which maps
+ * them with a 16-byte chunk header: their data starts 16 bytes past a page boundary, so 48 bytes
+ * further in it is 64-byte aligned, and TensorFlow (which needs 64-byte alignment) then uses the
+ * memory as it is instead of copying it (measured: SD 2.1 float32 load 16.6 s → 10.4 s). With
+ * another allocator it only costs that copy; correctness does not depend on it.
+ */
+const ALIGNED_AT = 48;
 
 /** Parses and checks a header (the JSON text); offsets become absolute (`dataStart` added). */
 function parseHeader(json: string, dataStart: number, fileSize: number, file: string): { entries: Map<string, TensorEntry>; metadata: Record<string, string> } {
@@ -124,7 +187,7 @@ export function parseSafetensors(bytes: Uint8Array, file = '<buffer>'): Safetens
   const tensors = new Map<string, StoredTensor>();
   for (const e of entries.values()) {
     const count = e.shape.reduce((a, b) => a * b, 1);
-    tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data: decode(e.dtype, bytes.slice(e.begin, e.end).buffer, count, `${file}: tensor '${e.name}'`) });
+    tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data: decode(e.dtype, bytes.slice(e.begin, e.end).buffer, 0, count, `${file}: tensor '${e.name}'`) });
   }
   return { tensors, metadata };
 }
@@ -165,14 +228,30 @@ export class SafetensorsFileReader {
     }
   }
 
-  /** Reads one tensor (F16/BF16 widened to float32). */
-  read(name: string): StoredTensor {
+  /**
+   * Reads one tensor (F16/BF16 widened to float32). With `into`, the data is a view into that
+   * reused buffer, valid until its next read; else a new array.
+   */
+  read(name: string, into?: ReadBuffer): StoredTensor {
     const e = this.entries.get(name);
     if (!e) throw new Error(`${this.path}: no tensor '${name}'`);
     if (this.fd === null) throw new Error(`${this.path}: read of '${name}' after close`);
-    const bytes = new Uint8Array(e.end - e.begin);
-    readFully(this.fd, bytes, e.begin, `${this.path}: tensor '${name}'`);
-    return { dtype: e.dtype, shape: e.shape, data: decode(e.dtype, bytes.buffer, e.shape.reduce((a, b) => a * b, 1), `${this.path}: tensor '${name}'`) };
+    const where = `${this.path}: tensor '${name}'`;
+    const count = e.shape.reduce((a, b) => a * b, 1);
+    const bytes = e.end - e.begin;
+    if (!into) {
+      const fresh = new Uint8Array(bytes);
+      readFully(this.fd, fresh, e.begin, where);
+      return { dtype: e.dtype, shape: e.shape, data: decode(e.dtype, fresh.buffer, 0, count, where) };
+    }
+    if (e.dtype === 'F16' || e.dtype === 'BF16') {
+      const raw = into.stagingBytes(bytes);
+      readFully(this.fd, raw, e.begin, where);
+      return { dtype: e.dtype, shape: e.shape, data: decode(e.dtype, raw.buffer, 0, count, where, into.floats(count)) };
+    }
+    const { buf, byteOffset, view } = into.valueBytes(bytes);
+    readFully(this.fd, view, e.begin, where);
+    return { dtype: e.dtype, shape: e.shape, data: decode(e.dtype, buf, byteOffset, count, where) };
   }
 
   /** Every tensor, in file order (small files only: they are all held at once). */

@@ -11,7 +11,7 @@ import { Conv2d, GroupNorm, silu, type LoraState } from './layers.ts';
 import { TimestepEmbedding, timestepTensor } from './embeddings.ts';
 import { DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D } from './unet_2d_blocks.ts';
 import type { StoredTensor } from './safetensors.ts';
-import { checkAgainst, readFloat32, WeightFiles, type TensorSource } from './weights.ts';
+import { checkAgainst, readBufferFor, readFloat32, WeightFiles, type TensorSource } from './weights.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 
 export const WEIGHTS_NAME = 'diffusion_pytorch_model.safetensors';
@@ -214,7 +214,8 @@ export class UNet2DConditionModel {
     const weights = WeightFiles.open(dir, WEIGHTS_NAME, options.variant);
     try {
       checkAgainst(UNet2DConditionModel.parameterSpecs(raw, configPath), weights);
-      return new UNet2DConditionModel(config, new ParamStore(0, options.trainable ?? true, { read: (name) => readFloat32(weights, name) }));
+      const buffer = readBufferFor(weights);
+      return new UNet2DConditionModel(config, new ParamStore(0, options.trainable ?? true, { read: (name) => readFloat32(weights, name, buffer) }));
     } finally {
       weights.close();
     }

@@ -7,7 +7,7 @@
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { SafetensorsFileReader, type StoredTensor, type TensorEntry } from './safetensors.ts';
+import { ReadBuffer, SafetensorsFileReader, type StoredTensor, type TensorEntry } from './safetensors.ts';
 
 /**
  * diffusers' `_add_variant`: the variant goes before the last extension, or before `.index.json`
@@ -26,8 +26,16 @@ export interface TensorSource {
   readonly entries: ReadonlyMap<string, Pick<TensorEntry, 'name' | 'dtype' | 'shape'> & { file?: string }>;
   /** What to name in errors: the file(s) or folder. */
   readonly description: string;
-  read(name: string): StoredTensor;
+  /** One tensor; with `into`, file-backed sources read into that reused buffer (the result is valid until its next read). */
+  read(name: string, into?: ReadBuffer): StoredTensor;
   close(): void;
+}
+
+/** A read buffer sized for the largest of `source`'s tensors, so that reading them all never reallocates it. */
+export function readBufferFor(source: TensorSource): ReadBuffer {
+  const buffer = new ReadBuffer();
+  for (const e of source.entries.values()) buffer.reserve(e.dtype, e.shape.reduce((a, b) => a * b, 1));
+  return buffer;
 }
 
 /** Tensors held in memory as a source (state dicts, tests). */
@@ -107,11 +115,13 @@ export class WeightFiles implements TensorSource {
     }
   }
 
-  read(name: string): StoredTensor {
+  read(name: string, into?: ReadBuffer): StoredTensor {
     const entry = this.entries.get(name);
     if (!entry) throw new Error(`${this.description}: no tensor '${name}'`);
-    return this.readers.find((r) => r.path === entry.file)!.read(name);
+    return this.readers.find((r) => r.path === entry.file)!.read(name, into);
   }
+
+
 
   close(): void {
     for (const r of this.readers) r.close();
@@ -154,9 +164,13 @@ export function checkAgainst(specs: readonly { name: string; torchShape: number[
   if (problems.length) throw new Error(`${source.description} does not match ${what}:\n  ${problems.join('\n  ')}`);
 }
 
-/** One tensor as float32 (F16/BF16 are widened on read; F64 narrowed, as torch's .float() does); other dtypes are refused, naming the file and key. */
-export function readFloat32(source: TensorSource, name: string): Float32Array {
-  const t = source.read(name);
+/**
+ * One tensor as float32 (F16/BF16 are widened on read; F64 narrowed, as torch's .float() does); other
+ * dtypes are refused, naming the file and key. With `into`, the result may be a view into that reused
+ * buffer, valid until its next read.
+ */
+export function readFloat32(source: TensorSource, name: string, into?: ReadBuffer): Float32Array {
+  const t = source.read(name, into);
   if (t.data instanceof Float32Array) return t.data;
   if (t.data instanceof Float64Array) return Float32Array.from(t.data);
   const file = source.entries.get(name)?.file ?? source.description;

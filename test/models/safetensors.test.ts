@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf } from '../../src/tf.ts';
 import type { Tensor3D, Tensor4D } from '../../src/tf.ts';
 import { initBackend } from '../../src/backend.ts';
-import { readSafetensors, readSafetensorsHeader, SafetensorsFileReader, serializeSafetensors, writeSafetensors, writeSafetensorsStreaming } from '../../src/models/safetensors.ts';
+import { ReadBuffer, readSafetensors, readSafetensorsHeader, SafetensorsFileReader, serializeSafetensors, writeSafetensors, writeSafetensorsStreaming } from '../../src/models/safetensors.ts';
 import { variantName, WeightFiles } from '../../src/models/weights.ts';
 import { UNet2DConditionModel, WEIGHTS_NAME } from '../../src/models/unet_2d_condition.ts';
 import { FIXTURES, UNET_FIXTURE_DIR } from '../fixtures.ts';
@@ -50,6 +50,33 @@ describe('dtype widening', () => {
     // A few values by hand: 1, -2, the smallest subnormal, the largest half, infinity.
     const half = f.get('f16')!.data as Float32Array;
     expect([half[0x3c00], half[0xc000], half[0x0001], half[0x7bff], half[0x7c00]]).toEqual([1, -2, 2 ** -24, 65504, Infinity]);
+  });
+});
+
+describe('reads into a reused buffer', () => {
+  it('give what fresh reads give, for every dtype (all 65,536 halves included), each read reusing the same memory', async () => {
+    const reader = SafetensorsFileReader.open(DTYPES);
+    try {
+      const buffer = new ReadBuffer();
+      for (const e of reader.entries.values()) buffer.reserve(e.dtype, e.shape.reduce((a, b) => a * b, 1));
+      let floatMemory: ArrayBufferLike | undefined;
+      for (const name of reader.entries.keys()) {
+        const fresh = reader.read(name);
+        const reused = reader.read(name, buffer);
+        expect(reused.dtype, name).toBe(fresh.dtype);
+        expect(reused.shape, name).toEqual(fresh.shape);
+        expect(reused.data.constructor, name).toBe(fresh.data.constructor);
+        if (fresh.data instanceof Float32Array) expect(sameBits(reused.data as Float32Array, fresh.data), name).toBe(true);
+        else expect(reused.data, name).toEqual(fresh.data);
+        if (reused.data instanceof Float32Array) {
+          floatMemory ??= reused.data.buffer;
+          expect(reused.data.buffer === floatMemory, name).toBe(true);
+        }
+      }
+      expect(floatMemory).toBeDefined();
+    } finally {
+      reader.close();
+    }
   });
 });
 
