@@ -4,7 +4,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { latestCheckpoint, listCheckpoints, saveCheckpoint } from '../../src/util/checkpoint.ts';
+import { latestCheckpoint, listCheckpoints, saveCheckpoint } from '../../src/training/checkpoint.ts';
 
 const writeState = (step: number) => async (dir: string) => {
   // While it is written, the folder is hidden: no reader sees checkpoint-<step> yet.
