@@ -133,10 +133,11 @@ export class LoraAdapter {
    * (`unet.`) and PEFT (`base_model.model.`) write.
    */
   loadStateDict(tensors: Map<string, { shape: number[]; data: object }> | TensorSource, source = 'LoRA state dict'): void {
-    const from = tensors instanceof Map ? { shape: (k: string) => tensors.get(k)!.shape, read: (k: string) => tensors.get(k)!.data as Float32Array } : { shape: (k: string) => tensors.entries.get(k)!.shape, read: (k: string) => readFloat32(tensors, k) };
+    const from = tensors instanceof Map
+      ? { keys: tensors.keys(), shape: (k: string) => tensors.get(k)!.shape, read: (k: string) => tensors.get(k)!.data as Float32Array }
+      : { keys: tensors.entries.keys(), shape: (k: string) => tensors.entries.get(k)!.shape, read: (k: string) => readFloat32(tensors, k) };
     const strip = (k: string) => k.replace(/^(unet\.|base_model\.model\.)/, '');
-    const keys = tensors instanceof Map ? tensors.keys() : tensors.entries.keys();
-    const byName = new Map([...keys].map((k) => [strip(k), k]));
+    const byName = new Map([...from.keys].map((k) => [strip(k), k]));
     const missing = [...this.store.params.keys()].filter((k) => !byName.has(k));
     const unexpected = [...byName.keys()].filter((k) => !this.store.params.has(k));
     if (missing.length || unexpected.length) throw new Error(`${source}: ${missing.length ? `missing keys: ${missing.join(', ')} ` : ''}${unexpected.length ? `unexpected keys: ${unexpected.join(', ')}` : ''}`);

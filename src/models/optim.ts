@@ -5,6 +5,7 @@
  */
 import { tf } from '../tf.ts';
 import type { Tensor, Variable } from '../tf.ts';
+import type { TensorSource } from './weights.ts';
 
 export type NamedGrads = Map<string, Tensor>;
 
@@ -35,12 +36,6 @@ export interface AdamState {
   moments: Map<string, AdamMoment>;
   /** The cloned buckets the moments lie in (owned by the snapshot). */
   buffers: Tensor[];
-}
-
-/** Tensors read by name on demand (a safetensors file open for positioned reads). */
-export interface MomentSource {
-  readonly entries: ReadonlyMap<string, unknown>;
-  read(name: string): { shape: number[]; data: object };
 }
 
 /** One moment copied to the host. */
@@ -194,7 +189,7 @@ export class Adam {
    * a file source read one tensor at a time (one bucket, at most ADAM_BUCKET_VALUES values, is
    * assembled on the host at once).
    */
-  loadState(step: number, tensors: Map<string, { shape: number[]; data: object }> | MomentSource, source = 'optimizer state'): void {
+  loadState(step: number, tensors: Map<string, { shape: number[]; data: object }> | TensorSource, source = 'optimizer state'): void {
     const get = tensors instanceof Map ? (name: string) => tensors.get(name) : (name: string) => (tensors.entries.has(name) ? tensors.read(name) : undefined);
     for (const bucket of this.buckets) {
       for (const suffix of ['exp_avg', 'exp_avg_sq'] as const) {
