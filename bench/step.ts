@@ -35,6 +35,7 @@ import { vsdUpdate } from '../src/operators/vsd_update.ts';
 import { noiseAtTPrime } from '../src/operators/noise_at_t_prime.ts';
 import { loraUpdate } from '../src/operators/lora_update.ts';
 import { latentShape } from '../src/swiftbrush/math.ts';
+import { variableGrads } from '../src/models/backprop.ts';
 import { referenceStep } from '../src/swiftbrush/reference_step.ts';
 import { emaUpdate } from '../src/operators/ema_update.ts';
 import { ReplicaPool } from '../src/parallel/replica_pool.ts';
@@ -215,13 +216,13 @@ export function fusedStep(state: DistillState, microStep: number, batch: Embeddi
 }
 
 async function withPipelineDir<T>(unet: string, scheduler: string | undefined, fn: (dir: string) => Promise<T>): Promise<T> {
-  try {
-    const dirs = await resolveTeacherDirs(unet);
-    const hasScheduler = await readFile(join(dirs.scheduler, 'scheduler_config.json')).then(() => true, () => false);
-    if (hasScheduler) return await fn(unet);
-  } catch {
-    /* fall through: build a pipeline folder */
-  }
+  // A pipeline folder (or a UNet folder inside one) is used as it is; the bench's own errors are not
+  // caught here, only the layout check.
+  const isPipeline = await resolveTeacherDirs(unet).then(
+    (dirs) => readFile(join(dirs.scheduler, 'scheduler_config.json')).then(() => true, () => false),
+    () => false,
+  );
+  if (isPipeline) return fn(unet);
   const tmp = await mkdtemp(join(tmpdir(), 'sb-bench-'));
   try {
     await symlink(await realDir(unet), join(tmp, 'unet'));
@@ -248,7 +249,7 @@ export function timeUnet(state: DistillState, batchSize: number, L: number, reps
   const vars = unet.parameters();
   const fwd = () => tf.tidy(() => unet.forward(x, ts, ctx).dataSync());
   const fwdBwd = () => {
-    const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(unet.forward(x, ts, ctx), target)) as tf.Scalar, vars);
+    const { value, grads } = variableGrads(() => tf.sum(tf.mul(unet.forward(x, ts, ctx), target)) as tf.Scalar, vars);
     value.dataSync();
     tf.dispose([value, ...Object.values(grads)]);
   };

@@ -106,54 +106,57 @@ export class Adam {
     for (const g of groups) this.buckets.push({ ...g, expAvg: tf.variable(tf.zeros([g.total]), false), expAvgSq: tf.variable(tf.zeros([g.total]), false) });
   }
 
-  /** One update from gradients keyed by parameter name (gradients are not disposed). */
-  apply(grads: NamedGrads): void {
+  /**
+   * One update from gradients keyed by parameter name, each multiplied by `gradScale` first (the
+   * clipping coefficient: the same element-wise product clip_grad_norm_ makes, without a clipped
+   * copy of every gradient). Gradients are not disposed.
+   */
+  apply(grads: NamedGrads, gradScale = 1): void {
     this.step += 1;
     if (this.total === 0) return;
     if (![...this.params.keys()].some((n) => grads.has(n))) return;
-    for (const bucket of this.buckets) this.applyBucket(bucket, grads);
+    for (const bucket of this.buckets) this.applyBucket(bucket, grads, gradScale);
   }
 
-  private applyBucket(bucket: AdamBucket, grads: NamedGrads): void {
+  /**
+   * The bucket's update, each stage in its own tidy so that no more than about five bucket-sized
+   * temporaries are alive at once; the new values go back into the parameters on the device (a
+   * split, no host copy).
+   */
+  private applyBucket(bucket: AdamBucket, grads: NamedGrads, gradScale: number): void {
     const bc1 = 1 - this.beta1 ** this.step;
     const bc2 = 1 - this.beta2 ** this.step;
     const stepSize = this.lr / bc1;
     const params = bucket.names.map((n) => this.params.get(n)!);
     const missing = bucket.names.filter((n) => !grads.has(n));
     if (missing.length === bucket.names.length) return;
-    tf.tidy(() => {
-      const flat = (ts: Tensor[]) => (ts.length === 1 ? tf.reshape(ts[0]!, [-1]) : tf.concat(ts.map((t) => tf.reshape(t, [-1]))));
-      const p = flat(params);
+    const flat = (ts: Tensor[]) => (ts.length === 1 ? tf.reshape(ts[0]!, [-1]) : tf.concat(ts.map((t) => tf.reshape(t, [-1]))));
+    const p = tf.tidy(() => flat(params));
+    const g = tf.tidy(() => {
       let g = flat(bucket.names.map((n, i) => grads.get(n) ?? tf.zeros([bucket.sizes[i]!])));
+      if (gradScale !== 1) g = tf.mul(g, gradScale);
       if (this.weightDecay) g = tf.add(g, tf.mul(p, this.weightDecay));
-      const m = bucket.expAvg;
-      const v = bucket.expAvgSq;
-      let mNew = tf.add(tf.mul(m, this.beta1), tf.mul(g, 1 - this.beta1));
-      let vNew = tf.add(tf.mul(v, this.beta2), tf.mul(tf.square(g), 1 - this.beta2));
-      const denom = tf.add(tf.div(tf.sqrt(vNew), Math.sqrt(bc2)), this.eps);
-      let pNew = tf.sub(p, tf.mul(tf.div(mNew, denom), stepSize));
-      if (missing.length) {
-        // PyTorch skips a parameter without a gradient: its moments and value stay as they are.
-        const keep = new Uint8Array(bucket.total).fill(1);
-        bucket.names.forEach((n, i) => {
-          if (!grads.has(n)) keep.fill(0, bucket.offsets[i]!, bucket.offsets[i]! + bucket.sizes[i]!);
-        });
-        const mask = tf.tensor1d(keep, 'bool');
-        mNew = tf.where(mask, mNew, m);
-        vNew = tf.where(mask, vNew, v);
-        pNew = tf.where(mask, pNew, p);
-      }
-      m.assign(mNew);
-      v.assign(vNew);
-      // Back into the parameters through the host: tf.split / tf.slice of a large buffer into
-      // hundreds of pieces costs seconds on wasm (measured 1.9 s for the fixture UNet's 304
-      // tensors), a host copy ~10 ms. The bits are unchanged.
-      const values = pNew.dataSync() as Float32Array;
+      return g;
+    });
+    const m = bucket.expAvg;
+    const v = bucket.expAvgSq;
+    const mNew = tf.tidy(() => tf.add(tf.mul(m, this.beta1), tf.mul(g, 1 - this.beta1)));
+    const vNew = tf.tidy(() => tf.add(tf.mul(v, this.beta2), tf.mul(tf.square(g), 1 - this.beta2)));
+    g.dispose();
+    const pNew = tf.tidy(() => tf.sub(p, tf.mul(tf.div(mNew, tf.add(tf.div(tf.sqrt(vNew), Math.sqrt(bc2)), this.eps)), stepSize)));
+    tf.tidy(() => {
+      // Parameters without a gradient keep their values and moments.
+      const mask = missing.length ? tf.tensor1d(keepMask(bucket, grads), 'bool') : null;
+      const pick = (updated: Tensor, old: Tensor) => (mask ? tf.where(mask, updated, old) : updated);
+      m.assign(pick(mNew, m));
+      v.assign(pick(vNew, v));
+      const values = pick(pNew, p);
+      const parts = params.length === 1 ? [values] : tf.split(values, bucket.sizes);
       params.forEach((param, i) => {
-        if (!grads.has(bucket.names[i]!)) return;
-        param.assign(tf.tensor(values.subarray(bucket.offsets[i]!, bucket.offsets[i]! + bucket.sizes[i]!), param.shape, 'float32'));
+        if (grads.has(bucket.names[i]!)) param.assign(tf.reshape(parts[i]!, param.shape));
       });
     });
+    tf.dispose([p, mNew, vNew, pNew]);
   }
 
   /** State as PyTorch names it: `<param>.exp_avg`, `<param>.exp_avg_sq` (tfjs layouts), copied to the host. */
@@ -277,6 +280,11 @@ export function globalNorm(grads: Iterable<Tensor>): number {
   return tf.tidy(() => tf.sqrt(tf.addN(list.map((g) => tf.tidy(() => tf.sum(tf.square(g)))))).dataSync()[0]!);
 }
 
+/** clip_grad_norm_'s factor for gradients of total norm `norm`: min(1, maxNorm / (norm + 1e-6)). */
+export function clipCoefficient(norm: number, maxNorm: number): number {
+  return Math.min(1, maxNorm / (norm + 1e-6));
+}
+
 /**
  * clip_grad_norm_: scales every gradient by min(1, maxNorm / (norm + 1e-6)). Returns the pre-clip
  * norm, which may be NaN/Inf (callers check it), and the clipped gradients: new tensors when
@@ -285,10 +293,19 @@ export function globalNorm(grads: Iterable<Tensor>): number {
  */
 export function clipGradNorm(grads: NamedGrads, maxNorm: number): { grads: NamedGrads; norm: number } {
   const norm = globalNorm(grads.values());
-  const coef = Math.min(1, maxNorm / (norm + 1e-6));
+  const coef = clipCoefficient(norm, maxNorm);
   const out: NamedGrads = new Map();
   for (const [name, g] of grads) out.set(name, coef === 1 ? g : tf.mul(g, coef));
   return { grads: out, norm };
+}
+
+/** 1 where the bucket's parameter has a gradient in `grads`, 0 where not. */
+function keepMask(bucket: AdamBucket, grads: NamedGrads): Uint8Array {
+  const keep = new Uint8Array(bucket.total).fill(1);
+  bucket.names.forEach((n, i) => {
+    if (!grads.has(n)) keep.fill(0, bucket.offsets[i]!, bucket.offsets[i]! + bucket.sizes[i]!);
+  });
+  return keep;
 }
 
 /** Exponential moving average of weights: shadow = decay·shadow + (1-decay)·param. */

@@ -7,6 +7,7 @@
 import { tf } from '../tf.ts';
 import type { Tensor, Tensor3D, Tensor4D } from '../tf.ts';
 import type { NamedGrads } from '../models/optim.ts';
+import { variableGrads } from '../models/backprop.ts';
 import type { DistillState } from '../operators/state.ts';
 
 /** The latent shape of one sample, from the student's config: [H, W, C] (NHWC). */
@@ -77,7 +78,7 @@ export function vsdLossValue(g: Tensor4D): number {
  */
 export function studentGradients(state: DistillState, z: Tensor4D, y: Tensor, g: Tensor4D): NamedGrads {
   const params = state.student.store.named();
-  const { value, grads } = tf.variableGrads(() => tf.div(tf.sum(tf.mul(studentX0(state, z, y as never), g)), g.size) as tf.Scalar, [...params.values()]);
+  const { value, grads } = variableGrads(() => tf.div(tf.sum(tf.mul(studentX0(state, z, y as never), g)), g.size) as tf.Scalar, [...params.values()]);
   value.dispose();
   return new Map([...params].map(([name, v]) => [name, grads[v.name]!]));
 }
@@ -110,7 +111,7 @@ export function loraCondition(state: DistillState, y: Tensor3D, usesNullPrompt: 
  */
 export function loraGradients(state: DistillState, xt: Tensor4D, timesteps: number[], condition: Tensor3D, target: Tensor4D): { loss: number; grads: NamedGrads } {
   const params = state.lora.store.named();
-  const { value, grads } = tf.variableGrads(() => {
+  const { value, grads } = variableGrads(() => {
     const official = state.config.loraLossWeighting === 'official';
     const weight = tf.tensor4d(timesteps.map((t) => (official ? Math.sqrt(state.schedule.alphaBar(t)) : 1)), [timesteps.length, 1, 1, 1]);
     const pred = state.lora.with(true, () => state.teacher.forward(xt, timesteps, condition));

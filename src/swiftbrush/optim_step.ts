@@ -5,7 +5,7 @@
  * first summed over every process (src/parallel/gradient_sync.ts) and all processes skip together.
  */
 import { tf } from '../tf.ts';
-import { clipGradNorm, type NamedGrads } from '../models/optim.ts';
+import { clipCoefficient, globalNorm, type NamedGrads } from '../models/optim.ts';
 import type { DistillConfig, DistillState } from '../operators/state.ts';
 import { agreeOnSkip, allProcessesGradients } from '../parallel/gradient_sync.ts';
 
@@ -16,15 +16,19 @@ export interface OptimizerStepResult {
   skipped: boolean;
 }
 
-/** Clips and applies a window's summed gradients unless they are non-finite; disposes `grads`. */
-export function stepOptimizer(grads: NamedGrads, maxGradNorm: number, apply: (g: NamedGrads) => void, agree: (skip: boolean) => boolean = (skip) => skip): OptimizerStepResult {
-  const clipped = clipGradNorm(grads, maxGradNorm);
+/**
+ * Clips and applies a window's summed gradients unless they are non-finite; disposes `grads`. The
+ * clipping coefficient is handed to `apply` (Adam multiplies each gradient by it as it reads it), so
+ * no clipped copy of the gradients is made.
+ */
+export function stepOptimizer(grads: NamedGrads, maxGradNorm: number, apply: (g: NamedGrads, clipScale: number) => void, agree: (skip: boolean) => boolean = (skip) => skip): OptimizerStepResult {
   try {
-    const skipped = agree(!Number.isFinite(clipped.norm));
-    if (!skipped) apply(clipped.grads);
-    return { norm: clipped.norm, skipped };
+    const norm = globalNorm(grads.values());
+    const skipped = agree(!Number.isFinite(norm));
+    if (!skipped) apply(grads, clipCoefficient(norm, maxGradNorm));
+    return { norm, skipped };
   } finally {
-    tf.dispose([...grads.values(), ...clipped.grads.values()]);
+    tf.dispose([...grads.values()]);
   }
 }
 
@@ -43,15 +47,15 @@ export function lrFactor(stepsTaken: number, schedule: { lrWarmupSteps: number; 
 
 /** The student's step on a window's gradients: lr from its schedule, clip, Adam (or skip). */
 export function stepStudent(state: DistillState, grads: NamedGrads): OptimizerStepResult {
-  return stepOptimizer(allProcessesGradients(state, 'student', grads), state.config.maxGradNorm, (g) => {
+  return stepOptimizer(allProcessesGradients(state, 'student', grads), state.config.maxGradNorm, (g, clipScale) => {
     state.studentOptimizer.lr = state.config.studentLr * lrFactor(state.studentOptimizer.step, state.config);
-    state.studentOptimizer.apply(g);
+    state.studentOptimizer.apply(g, clipScale);
   }, (skip) => agreeOnSkip(state.world, skip));
 }
 
 /** The LoRA teacher's step on a window's gradients: clip, Adam (or skip). */
 export function stepLora(state: DistillState, grads: NamedGrads): OptimizerStepResult {
-  return stepOptimizer(allProcessesGradients(state, 'lora', grads), state.config.maxGradNorm, (g) => state.loraOptimizer.apply(g), (skip) => agreeOnSkip(state.world, skip));
+  return stepOptimizer(allProcessesGradients(state, 'lora', grads), state.config.maxGradNorm, (g, clipScale) => state.loraOptimizer.apply(g, clipScale), (skip) => agreeOnSkip(state.world, skip));
 }
 
 /** At the end of the data, a partial window's gradients still step (as accelerate does). */

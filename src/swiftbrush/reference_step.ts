@@ -11,6 +11,7 @@
 import { tf } from '../tf.ts';
 import type { Tensor, Tensor3D, Tensor4D } from '../tf.ts';
 import type { NamedGrads } from '../models/optim.ts';
+import { variableGrads } from '../models/backprop.ts';
 import type { DistillState } from '../operators/state.ts';
 import { guidedEpsilon, latentShape, loraCondition, loraGradients, loraTrainingSample, scoreGradient, studentX0, vsdLossValue } from './math.ts';
 import { flushLora, flushStudent, stepLora, stepStudent, updateEma } from './optim_step.ts';
@@ -49,7 +50,7 @@ function studentPart(state: DistillState, microStep: number, z: Tensor4D, y: Ten
     target.dispose();
     const params = state.student.store.named();
     try {
-      const { value, grads } = tf.variableGrads(() => tf.mul(tf.mean(tf.square(tf.sub(studentX0(state, z, y), sgTarget))), 0.5) as tf.Scalar, [...params.values()]);
+      const { value, grads } = variableGrads(() => tf.mul(tf.mean(tf.square(tf.sub(studentX0(state, z, y), sgTarget))), 0.5) as tf.Scalar, [...params.values()]);
       value.dispose();
       return { x0, lossVsd, grads: new Map([...params].map(([name, v]) => [name, grads[v.name]!])) };
     } finally {

@@ -38,7 +38,9 @@ describe('flat Adam', () => {
       const start = new Map([...params].map(([k, p]) => [k, tf.clone(p)]));
       const steps = [0, 1, 2].map((i) => new Map(Object.entries(shapes).filter(([k]) => !(i === 1 && k === 'b')).map(([k, s], j) => [k, tf.randomNormal(s, 0, 1, 'float32', 10 * i + j)])));
       const adam = new Adam(params, { lr: 1e-2, weightDecay: 0.1 }, bucketValues);
+      const tensorsBefore = tf.memory().numTensors;
       for (const g of steps) adam.apply(g);
+      expect(tf.memory().numTensors, 'tensors left by the updates').toBe(tensorsBefore);
       const refParams = new Map([...start].map(([k, t]) => [k, tf.variable(t, false, `optim-ref-${backend}-${bucketValues}-${k}`)]));
       const ref = referenceAdam(refParams, steps, 1e-2, 0.1);
       for (const [k, p] of params) expect(Array.from(p.dataSync())).toEqual(Array.from(ref.get(k)!.t.dataSync()));
@@ -53,6 +55,28 @@ describe('flat Adam', () => {
       other.dispose();
     });
   }
+
+  it('apply(grads, s) equals apply(grads · s): the clipping coefficient is folded into the update bit for bit', async () => {
+    await initBackend('wasm');
+    const shapes: Record<string, number[]> = { a: [4, 6], b: [5] };
+    const make = (tag: string) => new Map(Object.entries(shapes).map(([k, s], i) => [k, tf.variable(tf.randomNormal(s, 0, 1, 'float32', i + 1), true, `optim-scale-${tag}-${k}`)]));
+    const folded = make('folded');
+    const copied = make('copied');
+    const grads = new Map(Object.entries(shapes).map(([k, s], i) => [k, tf.randomNormal(s, 0, 3, 'float32', 20 + i)]));
+    const scale = 0.1234567;
+    const a = new Adam(folded, { lr: 1e-2 });
+    const b = new Adam(copied, { lr: 1e-2 });
+    for (let i = 0; i < 2; i++) {
+      a.apply(grads, scale);
+      const scaled = new Map([...grads].map(([k, g]) => [k, tf.mul(g, scale)]));
+      b.apply(scaled);
+      tf.dispose([...scaled.values()]);
+    }
+    for (const k of Object.keys(shapes)) expect(Array.from(folded.get(k)!.dataSync())).toEqual(Array.from(copied.get(k)!.dataSync()));
+    tf.dispose([...folded.values(), ...copied.values(), ...grads.values()]);
+    a.dispose();
+    b.dispose();
+  });
 
   it('GradAccumulator.addOwned takes ownership and sums like add', async () => {
     await initBackend('wasm');
