@@ -17,6 +17,17 @@ export interface AdamOptions {
   weightDecay?: number;
 }
 
+/**
+ * A non-trainable variable that takes `initial`'s data over. tf.variable only adds a reference to
+ * the initial tensor's data: left undisposed, that tensor keeps the initial values alive after the
+ * first assign (for Adam's zero moments and the EMA's starting copy: three model-sized buffers).
+ */
+function ownedVariable(initial: Tensor): Variable {
+  const v = tf.variable(initial, false);
+  initial.dispose();
+  return v;
+}
+
 /** Values per Adam bucket: bounds the update's temporaries (a dozen bucket-sized tensors) to ~400 MB. */
 export const ADAM_BUCKET_VALUES = 8 * 1024 * 1024;
 
@@ -103,7 +114,7 @@ export class Adam {
       total += p.size;
     }
     this.total = total;
-    for (const g of groups) this.buckets.push({ ...g, expAvg: tf.variable(tf.zeros([g.total]), false), expAvgSq: tf.variable(tf.zeros([g.total]), false) });
+    for (const g of groups) this.buckets.push({ ...g, expAvg: ownedVariable(tf.zeros([g.total])), expAvgSq: ownedVariable(tf.zeros([g.total])) });
   }
 
   /**
@@ -313,7 +324,7 @@ export class EmaWeights {
   readonly shadow = new Map<string, Variable>();
 
   constructor(readonly params: Map<string, Variable>, readonly decay: number) {
-    for (const [name, p] of params) this.shadow.set(name, tf.variable(tf.clone(p), false));
+    for (const [name, p] of params) this.shadow.set(name, ownedVariable(tf.clone(p)));
   }
 
   /**

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { tf } from '../../src/tf.ts';
 import type { Tensor, Variable } from '../../src/tf.ts';
 import { initBackend } from '../../src/backend.ts';
-import { Adam, GradAccumulator } from '../../src/models/optim.ts';
+import { Adam, EmaWeights, GradAccumulator } from '../../src/models/optim.ts';
 
 /** torch.optim.Adam, one tensor at a time (the per-parameter formulation the flat Adam replaces). */
 function referenceAdam(params: Map<string, Tensor>, gradsPerStep: Map<string, Tensor>[], lr: number, wd: number) {
@@ -76,6 +76,20 @@ describe('flat Adam', () => {
     tf.dispose([...folded.values(), ...copied.values(), ...grads.values()]);
     a.dispose();
     b.dispose();
+  });
+
+  it('Adam moments and EMA shadows hold one buffer each: no initial tensor is left behind', async () => {
+    await initBackend('wasm');
+    const params = new Map([['a', tf.variable(tf.ones([64]), true, 'optim-own-a')], ['b', tf.variable(tf.ones([8, 8]), true, 'optim-own-b')]]);
+    const before = tf.memory();
+    const adam = new Adam(params, { lr: 1e-3 }, 64); // two buckets: two moments each
+    const ema = new EmaWeights(params, 0.9);
+    expect(tf.memory().numTensors - before.numTensors).toBe(4 + 2);
+    // Moments: 2 × 128 values; EMA shadows share the parameters' data until their first update.
+    expect(tf.memory().numBytes - before.numBytes).toBe((2 * 128 + 128) * 4);
+    adam.dispose();
+    ema.dispose();
+    tf.dispose([...params.values()]);
   });
 
   it('GradAccumulator.addOwned takes ownership and sums like add', async () => {
