@@ -62,7 +62,7 @@ export { ddimSample, ddimStep, ddimTimesteps, type DdimSampleOptions } from './m
 export { Adam, EmaWeights, GradAccumulator, clipGradNorm, type AdamOptions } from './models/optim.ts';
 export { readSafetensors, writeSafetensors, parseSafetensors, serializeSafetensors, type StoredTensor, type DType } from './models/safetensors.ts';
 export { loadPipeline, generate, type Pipeline, type GenerateOptions } from './eval/sampling.ts';
-export { latestCheckpoint, listCheckpoints } from './util/checkpoint.ts';
+export { latestCheckpoint, listCheckpoints, readTrainingState, snapshotTrainingState, writeTrainingSnapshot, disposeTrainingSnapshot, type TrainingProgress, type TrainingSnapshot } from './training/checkpoint.ts';
 
 // The embedded MNIST default's teacher and embeddings (shipped in the package's data/).
 export { DEFAULT_TEACHER, DEFAULT_EMBEDDINGS } from './default_data.ts';

@@ -13,7 +13,7 @@ import { NoiseSchedule } from '../models/schedule.ts';
 import { Adam, EmaWeights, clipGradNorm } from '../models/optim.ts';
 import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
-import { latestCheckpoint, saveCheckpoint } from '../util/checkpoint.ts';
+import { latestCheckpoint, saveCheckpoint } from '../training/checkpoint.ts';
 import { StepRng, STREAMS } from '../util/rng.ts';
 import { loadMnist, IMAGE_PIXELS } from './dataset.ts';
 import { PROMPTS, promptIndexOfImages } from './prompts.ts';

@@ -10,11 +10,11 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf } from '../tf.ts';
-import type { Variable } from '../tf.ts';
+import type { Tensor, Variable } from '../tf.ts';
 import type { UNet2DConditionModel } from './unet_2d_condition.ts';
 import { Conv2d, Linear, type LoraState } from './layers.ts';
 import { ParamStore, tfToTorch, torchToTf } from './params.ts';
-import { readSafetensors, writeSafetensors } from './safetensors.ts';
+import { readFloat32, WeightFiles, type TensorSource } from './weights.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 
 export type { LoraState };
@@ -127,25 +127,37 @@ export class LoraAdapter {
     return out;
   }
 
-  loadStateDict(tensors: Map<string, { shape: number[]; data: object }>, source = 'LoRA state dict'): void {
-    // Accept the prefixes diffusers (`unet.`) and PEFT (`base_model.model.`) write.
+  /**
+   * Assigns every adapter weight from PEFT-layout tensors: a Map held in memory or a source read
+   * one tensor at a time (a file open for positioned reads). Keys may carry the prefixes diffusers
+   * (`unet.`) and PEFT (`base_model.model.`) write.
+   */
+  loadStateDict(tensors: Map<string, { shape: number[]; data: object }> | TensorSource, source = 'LoRA state dict'): void {
+    const from = tensors instanceof Map
+      ? { keys: tensors.keys(), shape: (k: string) => tensors.get(k)!.shape, read: (k: string) => tensors.get(k)!.data as Float32Array }
+      : { keys: tensors.entries.keys(), shape: (k: string) => tensors.entries.get(k)!.shape, read: (k: string) => readFloat32(tensors, k) };
     const strip = (k: string) => k.replace(/^(unet\.|base_model\.model\.)/, '');
-    const byName = new Map([...tensors].map(([k, v]) => [strip(k), v]));
+    const byName = new Map([...from.keys].map((k) => [strip(k), k]));
     const missing = [...this.store.params.keys()].filter((k) => !byName.has(k));
     const unexpected = [...byName.keys()].filter((k) => !this.store.params.has(k));
     if (missing.length || unexpected.length) throw new Error(`${source}: ${missing.length ? `missing keys: ${missing.join(', ')} ` : ''}${unexpected.length ? `unexpected keys: ${unexpected.join(', ')}` : ''}`);
     for (const [name, p] of this.store.params) {
-      const t = byName.get(name)!;
-      if (t.shape.join(',') !== p.torchShape.join(',')) throw new Error(`${source}: '${name}' has shape [${t.shape}], expected [${p.torchShape}]`);
-      const value = torchToTf(p.kind, t.data as Float32Array, t.shape);
+      const key = byName.get(name)!;
+      const shape = from.shape(key);
+      if (shape.join(',') !== p.torchShape.join(',')) throw new Error(`${source}: '${name}' has shape [${shape}], expected [${p.torchShape}]`);
+      const value = torchToTf(p.kind, from.read(key), shape);
       p.variable.assign(value);
       value.dispose();
     }
   }
 
-  /** PEFT layout: `dir/adapter_model.safetensors` + `dir/adapter_config.json`. */
-  async save(dir: string, weights?: Record<string, { shape: number[]; data: Float32Array }>): Promise<void> {
-    await writeSafetensors(join(dir, ADAPTER_WEIGHTS_NAME), weights ?? this.stateDict(), { format: 'pt' });
+  /**
+   * PEFT layout: `dir/adapter_model.safetensors` + `dir/adapter_config.json`, streamed one tensor at
+   * a time. `weights`: device tensors keyed like the adapter's (a snapshot's clones) or host arrays
+   * in PEFT layout; default the adapter's own weights.
+   */
+  async save(dir: string, weights?: Map<string, Tensor> | Record<string, { shape: number[]; data: Float32Array }>): Promise<void> {
+    this.store.writeSafetensors(join(dir, ADAPTER_WEIGHTS_NAME), weights);
     await writeJsonAtomic(join(dir, ADAPTER_CONFIG_NAME), { peft_type: 'LORA', r: this.config.rank, lora_alpha: this.config.alpha, target_modules: this.config.targetModules, lora_dropout: 0, bias: 'none', init_lora_weights: 'gaussian' });
   }
 
@@ -156,8 +168,12 @@ export class LoraAdapter {
 
   static async load(unet: UNet2DConditionModel, dir: string): Promise<LoraAdapter> {
     const adapter = LoraAdapter.attach(unet, await LoraAdapter.readConfig(dir));
-    const path = join(dir, ADAPTER_WEIGHTS_NAME);
-    adapter.loadStateDict((await readSafetensors(path)).tensors, path);
+    const weights = WeightFiles.open(dir, ADAPTER_WEIGHTS_NAME);
+    try {
+      adapter.loadStateDict(weights, weights.description);
+    } finally {
+      weights.close();
+    }
     return adapter;
   }
 

@@ -5,6 +5,7 @@
  */
 import { tf } from '../tf.ts';
 import type { Tensor, Variable } from '../tf.ts';
+import type { TensorSource } from './weights.ts';
 
 export type NamedGrads = Map<string, Tensor>;
 
@@ -29,6 +30,38 @@ function ownedVariable(initial: Tensor): Variable {
 
 /** Values per Adam bucket: bounds the update's temporaries (a dozen bucket-sized tensors) to ~400 MB. */
 export const ADAM_BUCKET_VALUES = 8 * 1024 * 1024;
+
+/** Where one moment (`<param>.exp_avg` or `<param>.exp_avg_sq`) lies in a snapshot: a range of a flat bucket. */
+export interface AdamMoment {
+  /** The parameter's shape (tfjs layout). */
+  shape: number[];
+  buffer: Tensor;
+  offset: number;
+  size: number;
+}
+
+/** Adam's state at one step, sharing the moments' device buffers (see `Adam.snapshotState`). */
+export interface AdamState {
+  step: number;
+  /** By PyTorch's names: `<param>.exp_avg`, `<param>.exp_avg_sq`. */
+  moments: Map<string, AdamMoment>;
+  /** The cloned buckets the moments lie in (owned by the snapshot). */
+  buffers: Tensor[];
+}
+
+/** One moment copied to the host. */
+export function readMoment(m: AdamMoment): Float32Array {
+  const slice = m.offset === 0 && m.size === m.buffer.size ? null : tf.slice(m.buffer, [m.offset], [m.size]);
+  try {
+    return (slice ?? m.buffer).dataSync() as Float32Array;
+  } finally {
+    slice?.dispose();
+  }
+}
+
+export function disposeAdamState(state: AdamState): void {
+  tf.dispose(state.buffers);
+}
 
 /** Consecutive parameters updated as one flat buffer, with their moments. */
 interface AdamBucket {
@@ -137,26 +170,46 @@ export class Adam {
     tf.dispose([p, mNew, vNew, pNew]);
   }
 
-  /** State as PyTorch names it: `<param>.exp_avg`, `<param>.exp_avg_sq` (tfjs layouts). */
+  /** State as PyTorch names it: `<param>.exp_avg`, `<param>.exp_avg_sq` (tfjs layouts), copied to the host. */
   stateTensors(): Record<string, { shape: number[]; data: Float32Array }> {
-    const out: Record<string, { shape: number[]; data: Float32Array }> = {};
-    for (const bucket of this.buckets) {
-      for (const suffix of ['exp_avg', 'exp_avg_sq'] as const) {
-        const all = (suffix === 'exp_avg' ? bucket.expAvg : bucket.expAvgSq).dataSync() as Float32Array;
-        bucket.names.forEach((name, i) => {
-          out[`${name}.${suffix}`] = { shape: this.params.get(name)!.shape, data: all.slice(bucket.offsets[i]!, bucket.offsets[i]! + bucket.sizes[i]!) };
-        });
-      }
+    const snapshot = this.snapshotState();
+    try {
+      return Object.fromEntries([...snapshot.moments].map(([name, m]) => [name, { shape: m.shape, data: readMoment(m) }]));
+    } finally {
+      disposeAdamState(snapshot);
     }
-    return out;
   }
 
-  loadState(step: number, tensors: Map<string, { shape: number[]; data: object }>, source = 'optimizer state'): void {
+  /**
+   * The state at this moment without a copy: each bucket's moments cloned (a clone shares the
+   * Variable's data; the next update assigns the Variable a new buffer and leaves the clone's
+   * intact). Dispose it with `disposeAdamState` (the writer does).
+   */
+  snapshotState(): AdamState {
+    const moments = new Map<string, AdamMoment>();
+    const buffers: Tensor[] = [];
+    for (const bucket of this.buckets) {
+      for (const suffix of ['exp_avg', 'exp_avg_sq'] as const) {
+        const buffer = tf.keep(tf.clone(suffix === 'exp_avg' ? bucket.expAvg : bucket.expAvgSq));
+        buffers.push(buffer);
+        bucket.names.forEach((name, i) => moments.set(`${name}.${suffix}`, { shape: this.params.get(name)!.shape, buffer, offset: bucket.offsets[i]!, size: bucket.sizes[i]! }));
+      }
+    }
+    return { step: this.step, moments, buffers };
+  }
+
+  /**
+   * Restores the moments from tensors named as `stateTensors` names them: a Map held in memory, or
+   * a file source read one tensor at a time (one bucket, at most ADAM_BUCKET_VALUES values, is
+   * assembled on the host at once).
+   */
+  loadState(step: number, tensors: Map<string, { shape: number[]; data: object }> | TensorSource, source = 'optimizer state'): void {
+    const get = tensors instanceof Map ? (name: string) => tensors.get(name) : (name: string) => (tensors.entries.has(name) ? tensors.read(name) : undefined);
     for (const bucket of this.buckets) {
       for (const suffix of ['exp_avg', 'exp_avg_sq'] as const) {
         const all = new Float32Array(bucket.total);
         bucket.names.forEach((name, i) => {
-          const t = tensors.get(`${name}.${suffix}`);
+          const t = get(`${name}.${suffix}`);
           const shape = this.params.get(name)!.shape;
           if (!t) throw new Error(`${source}: missing '${name}.${suffix}'`);
           if (t.shape.join(',') !== shape.join(',')) throw new Error(`${source}: '${name}.${suffix}' has shape [${t.shape}], expected [${shape}]`);

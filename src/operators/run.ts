@@ -10,7 +10,7 @@ import { firstValueFrom, lastValueFrom, tap, type OperatorFunction } from 'rxjs'
 import { checkEmbeddingWidth, embeddingBatches, expandFiles, modelWidth, readNullEmbedding } from '../streams/reader.ts';
 import { RUN_DEFAULTS, OFFICIAL_DEFAULTS, SETTINGS, SETTING_KEYS, checkSettings, checkSettingsTogether, distillConfig, flagOf, formatChanges, pickDistillConfig, resumeSettings, type RunSettings, type SettingKey } from '../swiftbrush/config.ts';
 import { yieldToEventLoop } from './yield_to_event_loop.ts';
-import { latestCheckpoint, removeLeftovers } from '../util/checkpoint.ts';
+import { latestCheckpoint, readTrainingState, removeLeftovers } from '../training/checkpoint.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 import { worldForRun, type World } from '../parallel/mpi.ts';
 import { shardOf } from '../parallel/shard.ts';
@@ -24,7 +24,7 @@ import { progress } from './progress.ts';
 import { ReplicaPool } from '../parallel/replica_pool.ts';
 import { tf } from '../tf.ts';
 import { initBackend } from '../backend.ts';
-import { createDistillState, disposeDistillState, readTrainingState, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
+import { createDistillState, disposeDistillState, resolveTeacherDirs, type DistillConfig, type DistillState } from './state.ts';
 import { validation } from './validation.ts';
 import { AutoencoderKL } from '../models/autoencoder_kl.ts';
 import { completeStudentPipeline } from '../models/pipeline_folder.ts';

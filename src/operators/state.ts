@@ -4,24 +4,16 @@
  * the student (a trainable copy of the teacher), the schedule, both optimisers, their gradient
  * accumulators, the student's EMA, the source of random draws and the null-prompt embedding.
  */
-import { existsSync } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Tensor3D } from '../tf.ts';
-import { UNet2DConditionModel, WEIGHTS_NAME } from '../models/unet_2d_condition.ts';
-import { checkAgainst, readFloat32 } from '../models/weights.ts';
-import { torchToTf } from '../models/params.ts';
-import { WeightFiles } from '../models/weights.ts';
+import { UNet2DConditionModel } from '../models/unet_2d_condition.ts';
 import { countParams, distillMemoryPlan, inspectUNetWeights, refuseIfTooBigForWasm, type MemoryPlan } from '../models/memory.ts';
 import { LoraAdapter } from '../models/lora.ts';
 import { NoiseSchedule } from '../models/schedule.ts';
 import { Adam, EmaWeights, GradAccumulator } from '../models/optim.ts';
-import { readSafetensors, writeSafetensors } from '../models/safetensors.ts';
 import { SeededDraws, type Draws } from '../swiftbrush/draws.ts';
 import type { StepObserver } from '../swiftbrush/observer.ts';
 import type { World } from '../parallel/mpi.ts';
-import { writeJsonAtomic } from '../util/fs.ts';
 import { pipelineLayouts, resolvePipelineDirs, SCHEDULER_CONFIG, type PipelineDirs } from '../models/pipeline_folder.ts';
 
 import type { DistillConfig } from '../swiftbrush/config.ts';
@@ -140,102 +132,6 @@ export function disposeDistillState(state: DistillState): void {
   state.loraGrads.dispose();
   state.ema?.dispose();
   state.nullEmbeds.dispose();
-}
-
-/** What a training checkpoint's state.json holds besides the tensors. */
-export interface TrainingProgress {
-  step: number;
-  /** Micro-batches consumed = the stream's batchIndex to resume from. */
-  microStep: number;
-  counters: { nonFiniteInARow: number; skippedSteps: number };
-}
-
-type Arrays = Record<string, { shape: number[]; data: Float32Array }>;
-
-/** Host copies of everything a training checkpoint holds, taken synchronously at one step. */
-export interface TrainingSnapshot {
-  progress: TrainingProgress;
-  student: Arrays;
-  studentEma: Arrays | null;
-  lora: Arrays;
-  studentOptimizer: { step: number; tensors: Arrays };
-  loraOptimizer: { step: number; tensors: Arrays };
-}
-
-/**
- * Copies the training state to host memory NOW (synchronously), so the files written afterwards
- * describe exactly this step even while later steps run. Only taken on window boundaries, where
- * the gradient accumulators are empty.
- */
-export function snapshotTrainingState(state: DistillState, progress: TrainingProgress): TrainingSnapshot {
-  return {
-    progress: { ...progress, counters: { ...progress.counters } },
-    student: state.student.stateDict(),
-    studentEma: state.ema ? state.student.store.torchStateDict(state.ema.shadow) : null,
-    lora: state.lora.stateDict(),
-    studentOptimizer: { step: state.studentOptimizer.step, tensors: state.studentOptimizer.stateTensors() },
-    loraOptimizer: { step: state.loraOptimizer.step, tensors: state.loraOptimizer.stateTensors() },
-  };
-}
-
-/**
- * Writes a snapshot as a training checkpoint folder: student `unet/` and `unet_ema/` (diffusers
- * layout), `unet_lora/` (PEFT), both optimisers' moments (PyTorch's exp_avg / exp_avg_sq names),
- * and `state.json` (step, micro-step = stream position, counters, config).
- */
-export async function writeTrainingSnapshot(state: DistillState, snapshot: TrainingSnapshot, dir: string): Promise<void> {
-  await mkdir(dir, { recursive: true });
-  await state.student.savePretrained(join(dir, 'unet'), snapshot.student);
-  if (snapshot.studentEma) await state.student.savePretrained(join(dir, 'unet_ema'), snapshot.studentEma);
-  await state.lora.save(join(dir, 'unet_lora'), snapshot.lora);
-  await writeSafetensors(join(dir, 'optimizer.safetensors'), snapshot.studentOptimizer.tensors);
-  await writeSafetensors(join(dir, 'optimizer_lora.safetensors'), snapshot.loraOptimizer.tensors);
-  await writeJsonAtomic(join(dir, 'state.json'), {
-    ...snapshot.progress,
-    student_optimizer_step: snapshot.studentOptimizer.step,
-    lora_optimizer_step: snapshot.loraOptimizer.step,
-    config: state.config,
-    ...(state.runSettings ? { settings: state.runSettings } : {}),
-  });
-}
-
-/**
- * Restores what writeTrainingSnapshot wrote; returns the progress to resume from. A checkpoint
- * without `unet_ema/` (written with --ema-decay 0) resumed with EMA on starts the EMA at its weights.
- */
-export async function readTrainingState(state: DistillState, dir: string): Promise<TrainingProgress> {
-  const json = JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as TrainingProgress & { student_optimizer_step: number; lora_optimizer_step: number };
-  const weights = async (path: string) => (await readSafetensors(join(dir, path))).tensors;
-  const unet = WeightFiles.open(join(dir, 'unet'), WEIGHTS_NAME);
-  try {
-    state.student.loadStateDict(unet);
-  } finally {
-    unet.close();
-  }
-  if (state.ema) {
-    // EMA shadows are stored in PyTorch layout (a loadable diffusers UNet), read one tensor at a time.
-    // A run saved without EMA (--ema-decay 0) has none: the average starts at the resumed weights.
-    if (existsSync(join(dir, 'unet_ema'))) {
-      const ema = WeightFiles.open(join(dir, 'unet_ema'), WEIGHTS_NAME);
-      try {
-        checkAgainst(state.student.store.specs(), ema);
-        for (const p of state.student.store.params.values()) {
-          const value = torchToTf(p.kind, readFloat32(ema, p.name), p.torchShape);
-          state.ema.get(p.name).assign(value);
-          value.dispose();
-        }
-      } finally {
-        ema.close();
-      }
-    } else {
-      for (const [name, v] of state.student.store.named()) state.ema.get(name).assign(v);
-    }
-  }
-  state.lora.loadStateDict(await weights('unet_lora/adapter_model.safetensors'), join(dir, 'unet_lora'));
-  state.studentOptimizer.loadState(json.student_optimizer_step, await weights('optimizer.safetensors'), join(dir, 'optimizer.safetensors'));
-  state.loraOptimizer.loadState(json.lora_optimizer_step, await weights('optimizer_lora.safetensors'), join(dir, 'optimizer_lora.safetensors'));
-  Object.assign(state.counters, json.counters);
-  return { step: json.step, microStep: json.microStep, counters: json.counters };
 }
 
 /** Kept importable from here for code that reads it with the config; defined in src/swiftbrush/rules.ts. */

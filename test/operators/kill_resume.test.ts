@@ -16,7 +16,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mulberry32 } from '../../src/util/rng.ts';
-import { listCheckpoints } from '../../src/util/checkpoint.ts';
+import { listCheckpoints } from '../../src/training/checkpoint.ts';
 import { BIN, EMBEDDINGS, bytewiseDifferences, filesUnder, fixtureTeacher, metricsByStep } from './helpers.ts';
 
 const SEED = Number(process.env.SWIFTBRUSH_KILL_SEED ?? 1);

@@ -116,6 +116,7 @@ describe('checkpoint cadence', () => {
   it('every 2 steps, each save taking 3 frames, holds the stream in order', async () => {
     state = await makeState(teacher, testConfig());
     const saved: number[] = [];
+    const tensorsBefore = tf.memory().numTensors;
     try {
       scheduler = newScheduler();
       scheduler.run(({ cold, expectObservable }) => {
@@ -127,6 +128,7 @@ describe('checkpoint cadence', () => {
         expectObservable(out).toBe('a----(bc)(de|)', { a: 1, b: 2, c: 3, d: 4, e: 5 });
       });
       expect(saved).toEqual([2, 4]);
+      expect(tf.memory().numTensors).toBe(tensorsBefore); // each snapshot is freed once its save completes
     } finally {
       disposeDistillState(state);
     }

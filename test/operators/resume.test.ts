@@ -13,8 +13,8 @@ import { EMBEDDINGS, bytewiseDifferences, filesUnder, fixtureTeacher, metricsByS
 import { swiftbrushStep, toStepContext } from '../../src/operators/pipeline.ts';
 import { initBackend } from '../../src/backend.ts';
 import { runDistillation, type DistillRunOptions } from '../../src/operators/run.ts';
-import { listCheckpoints } from '../../src/util/checkpoint.ts';
-import { disposeDistillState, readTrainingState, snapshotTrainingState, writeTrainingSnapshot, type DistillState } from '../../src/operators/state.ts';
+import { listCheckpoints, readTrainingState, snapshotTrainingState, writeTrainingSnapshot } from '../../src/training/checkpoint.ts';
+import { disposeDistillState, type DistillState } from '../../src/operators/state.ts';
 
 /** A short run on the diffusers fixture UNet: 4 steps, the last checkpoint off-cadence (forced), validation grids at steps 2 and 4. */
 function runOptions(teacher: string, out: string, extra: Partial<DistillRunOptions> = {}): DistillRunOptions {
