@@ -95,7 +95,7 @@ export function variableGrads(f: () => tf.Scalar, vars: Variable[]): { value: tf
  * disposed as soon as the forward ends. (Should a tfjs version read their values, the gradient fails
  * with "Tensor is disposed": the parity test on the UNet fixture would catch it.)
  */
-const SHAPE_ONLY_GRADIENTS = new Set(['Add', 'Sub', 'Reshape', 'Sum', 'Mean', 'Slice', 'PadV2', 'Concat']);
+export const SHAPE_ONLY_GRADIENTS: ReadonlySet<string> = new Set(['Add', 'Sub', 'Reshape', 'Sum', 'Mean', 'Slice', 'PadV2', 'Concat']);
 
 function releaseShapeOnlySaves(tape: TapeNode[]): void {
   for (const node of tape) if (SHAPE_ONLY_GRADIENTS.has(node.kernelName)) for (const t of node.saved ?? []) t.dispose();
