@@ -114,7 +114,10 @@ export class Adam {
       total += p.size;
     }
     this.total = total;
-    for (const g of groups) this.buckets.push({ ...g, expAvg: ownedVariable(tf.zeros([g.total])), expAvgSq: ownedVariable(tf.zeros([g.total])) });
+    // tf.fill runs on the backend; tf.zeros would build each moment as a JavaScript array first (on the
+    // native backend that array is only copied in at the first update and then waits for a GC: 2 × 4
+    // bytes per parameter of host memory at the first step).
+    for (const g of groups) this.buckets.push({ ...g, expAvg: ownedVariable(tf.fill([g.total], 0)), expAvgSq: ownedVariable(tf.fill([g.total], 0)) });
   }
 
   /**
@@ -144,7 +147,7 @@ export class Adam {
     const flat = (ts: Tensor[]) => (ts.length === 1 ? tf.reshape(ts[0]!, [-1]) : tf.concat(ts.map((t) => tf.reshape(t, [-1]))));
     const p = tf.tidy(() => flat(params));
     const g = tf.tidy(() => {
-      let g = flat(bucket.names.map((n, i) => grads.get(n) ?? tf.zeros([bucket.sizes[i]!])));
+      let g = flat(bucket.names.map((n, i) => grads.get(n) ?? tf.fill([bucket.sizes[i]!], 0)));
       if (gradScale !== 1) g = tf.mul(g, gradScale);
       if (this.weightDecay) g = tf.add(g, tf.mul(p, this.weightDecay));
       return g;
