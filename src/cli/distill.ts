@@ -10,6 +10,7 @@ import type { Command } from 'commander';
 import { initBackend } from '../backend.ts';
 import { runDistillation } from '../operators/run.ts';
 import { prepareRunFolder } from '../operators/run_folder.ts';
+import { detectLauncher } from '../parallel/mpi.ts';
 import { OFFICIAL_DEFAULTS, SETTING_KEYS, checkSettings, pickDistillConfig, type DistillConfig, type RunSettings } from '../swiftbrush/config.ts';
 import { planDistillation } from '../operators/state.ts';
 import { backendMemoryLimit, formatPlan, NATIVE_ADVICE } from '../models/memory.ts';
@@ -82,7 +83,9 @@ export function register(program: Command): void {
         return;
       }
       if (o.out === undefined) throw new Error('missing required option --out (or "out" in --config)');
-      await prepareRunFolder(o.out, { command: 'distill', resume, overwrite });
+      // Under mpirun / srun only rank 0 checks and marks --out (it alone writes there): the other ranks
+      // would otherwise look at the folder while rank 0 is writing its run.json and refuse it.
+      if ((detectLauncher()?.rank ?? 0) === 0) await prepareRunFolder(o.out, { command: 'distill', resume, overwrite });
       const backend = await initBackend(backendFlag ?? o.backend);
       log.info({ backend: backend.backend, provider: backend.provider }, 'backend');
       const signals = stopOnSignals('a checkpoint is written at the end of this optimiser step, then the run exits');
