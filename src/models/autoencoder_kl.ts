@@ -11,11 +11,11 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Tensor4D } from '../tf.ts';
-import { ParamStore, type ParamSpec } from './params.ts';
+import { fileValues, ParamStore, type ParamSpec } from './params.ts';
 import { Conv2d } from './layers.ts';
 import { Decoder, DiagonalGaussianDistribution, Encoder } from './vae.ts';
 import type { StoredTensor } from './safetensors.ts';
-import { checkAgainst, readBufferFor, readFloat32, WeightFiles, type TensorSource } from './weights.ts';
+import { checkAgainst, WeightFiles, type TensorSource } from './weights.ts';
 import { CONFIG_NAME, WEIGHTS_NAME } from './unet_2d_condition.ts';
 
 /** The keys of a diffusers AutoencoderKL config this port reads. */
@@ -124,8 +124,7 @@ export class AutoencoderKL {
     const weights = WeightFiles.open(dir, WEIGHTS_NAME, options.variant);
     try {
       checkAgainst(AutoencoderKL.parameterSpecs(raw, configPath), weights, 'the VAE config');
-      const buffer = readBufferFor(weights);
-      return new AutoencoderKL(config, new ParamStore(0, options.trainable ?? false, { read: (name) => readFloat32(weights, name, buffer) }));
+      return new AutoencoderKL(config, new ParamStore(0, options.trainable ?? false, fileValues(weights)));
     } finally {
       weights.close();
     }

@@ -5,7 +5,7 @@
  */
 import { tf } from '../tf.ts';
 import type { Tensor, Variable } from '../tf.ts';
-import type { TensorSource } from './weights.ts';
+import { readFloat32, type TensorSource } from './weights.ts';
 
 export type NamedGrads = Map<string, Tensor>;
 
@@ -207,7 +207,7 @@ export class Adam {
    * assembled on the host at once).
    */
   loadState(step: number, tensors: Map<string, { shape: number[]; data: object }> | TensorSource, source = 'optimizer state'): void {
-    const get = tensors instanceof Map ? (name: string) => tensors.get(name) : (name: string) => (tensors.entries.has(name) ? tensors.read(name) : undefined);
+    const get = tensors instanceof Map ? (name: string) => tensors.get(name) : (name: string) => (tensors.entries.has(name) ? { shape: tensors.entries.get(name)!.shape, data: readFloat32(tensors, name) } : undefined);
     for (const bucket of this.buckets) {
       for (const suffix of ['exp_avg', 'exp_avg_sq'] as const) {
         const all = new Float32Array(bucket.total);

@@ -82,6 +82,12 @@ export interface ParamSpec {
   torchShape: number[];
 }
 
+/** Parameter values read from `source` one tensor at a time, through one read buffer reused for every tensor. */
+export function fileValues(source: TensorSource): { read: (name: string, torchShape: number[]) => Float32Array } {
+  const buffer = readBufferFor(source);
+  return { read: (name) => readFloat32(source, name, buffer) };
+}
+
 export class ParamStore {
   readonly params = new Map<string, Param>();
   private readonly id = nextStoreId++;
@@ -128,15 +134,16 @@ export class ParamStore {
   /**
    * Assigns every parameter from a PyTorch-layout state dict or weight files, one tensor at a time;
    * any missing, unexpected or mis-shaped key is an error naming the source and what it should
-   * match (`against`, e.g. 'the UNet config').
+   * match (`against`, e.g. 'the UNet config'). With `into`, the values go into those variables,
+   * keyed and shaped like the store's (e.g. an EMA's shadows), instead of the store's own.
    */
-  loadStateDict(tensors: Map<string, StoredTensor> | TensorSource, source: string, against: string): void {
+  loadStateDict(tensors: Map<string, StoredTensor> | TensorSource, source: string, against: string, into?: Map<string, Variable>): void {
     const from = tensors instanceof Map ? mapSource(tensors, source) : tensors;
     checkAgainst(this.specs(), from, against);
-    const buffer = readBufferFor(from);
+    const read = fileValues(from).read;
     for (const [name, p] of this.params) {
-      const value = torchToTf(p.kind, readFloat32(from, name, buffer), p.torchShape);
-      p.variable.assign(value);
+      const value = torchToTf(p.kind, read(name, p.torchShape), p.torchShape);
+      (into?.get(name) ?? p.variable).assign(value);
       value.dispose();
     }
   }

@@ -6,12 +6,12 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tf } from '../tf.ts';
 import type { Tensor, Tensor3D, Tensor4D, Variable } from '../tf.ts';
-import { ParamStore, type HostArrays, type ParamSpec } from './params.ts';
+import { fileValues, ParamStore, type HostArrays, type ParamSpec } from './params.ts';
 import { Conv2d, GroupNorm, silu, type LoraState } from './layers.ts';
 import { TimestepEmbedding, timestepTensor } from './embeddings.ts';
 import { DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D } from './unet_2d_blocks.ts';
 import type { StoredTensor } from './safetensors.ts';
-import { checkAgainst, readBufferFor, readFloat32, WeightFiles, type TensorSource } from './weights.ts';
+import { checkAgainst, WeightFiles, type TensorSource } from './weights.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 
 export const WEIGHTS_NAME = 'diffusion_pytorch_model.safetensors';
@@ -214,8 +214,7 @@ export class UNet2DConditionModel {
     const weights = WeightFiles.open(dir, WEIGHTS_NAME, options.variant);
     try {
       checkAgainst(UNet2DConditionModel.parameterSpecs(raw, configPath), weights);
-      const buffer = readBufferFor(weights);
-      return new UNet2DConditionModel(config, new ParamStore(0, options.trainable ?? true, { read: (name) => readFloat32(weights, name, buffer) }));
+      return new UNet2DConditionModel(config, new ParamStore(0, options.trainable ?? true, fileValues(weights)));
     } finally {
       weights.close();
     }

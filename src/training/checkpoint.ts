@@ -29,9 +29,8 @@ import type { Tensor, Variable } from '../tf.ts';
 import { WEIGHTS_NAME } from '../models/unet_2d_condition.ts';
 import { ADAPTER_WEIGHTS_NAME } from '../models/lora.ts';
 import { disposeAdamState, readMoment, type Adam, type AdamState } from '../models/optim.ts';
-import { torchToTf } from '../models/params.ts';
 import { writeSafetensorsStreaming } from '../models/safetensors.ts';
-import { checkAgainst, readFloat32, WeightFiles } from '../models/weights.ts';
+import { WeightFiles } from '../models/weights.ts';
 import type { DistillState } from '../operators/state.ts';
 import { writeJsonAtomic } from '../util/fs.ts';
 
@@ -229,12 +228,7 @@ export async function readTrainingState(state: DistillState, dir: string): Promi
     if (existsSync(join(dir, EMA_DIR))) {
       const ema = WeightFiles.open(join(dir, EMA_DIR), WEIGHTS_NAME);
       try {
-        checkAgainst(state.student.store.specs(), ema);
-        for (const p of state.student.store.params.values()) {
-          const value = torchToTf(p.kind, readFloat32(ema, p.name), p.torchShape);
-          state.ema.get(p.name).assign(value);
-          value.dispose();
-        }
+        state.student.store.loadStateDict(ema, ema.description, 'the student UNet', state.ema.shadow);
       } finally {
         ema.close();
       }

@@ -6,15 +6,15 @@
  * heads and transformer depths, cross-attention width 20).
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdtemp, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../../src/backend.ts';
 import { swiftbrushStepFile } from '../../src/cli/step.ts';
 import { readSafetensors, writeSafetensors, type StoredTensor, type TypedArray } from '../../src/models/safetensors.ts';
 import { FIXTURES } from '../fixtures.ts';
+import { useTempDir } from '../temp_dir.ts';
 
 const run = promisify(execFile);
 
@@ -74,13 +74,9 @@ function expectMatch(report: ReturnType<typeof compareStep>, name: string): void
   expect(report.studentRelL2, summary).toBeLessThanOrEqual(L2);
 }
 
-let tmp: string;
+const tmp = useTempDir('sb-step-');
 beforeAll(async () => {
   await initBackend(process.env.SWIFTBRUSH_BACKEND ?? 'wasm');
-  tmp = await mkdtemp(join(tmpdir(), 'sb-step-'));
-});
-afterAll(async () => {
-  await rm(tmp, { recursive: true, force: true });
 });
 
 const fixture = (name: string) => {
@@ -92,7 +88,7 @@ describe('swiftbrush step matches the official algorithm (PyTorch + diffusers, f
   for (const name of ['swiftbrush-golden-step', 'swiftbrush-golden-step-3level']) {
     it(`${name}: every intermediate, both losses, every student and LoRA gradient before clipping`, async () => {
       const f = fixture(name);
-      const out = join(tmp, `${name}.safetensors`);
+      const out = join(tmp.path, `${name}.safetensors`);
       const r = await swiftbrushStepFile({ teacher: f.teacher, lora: f.lora, draws: f.draws, out });
       const got = (await readSafetensors(out)).tensors;
       const want = (await readSafetensors(f.expected)).tensors;
@@ -129,13 +125,13 @@ describe('swiftbrush step: bad draws files', () => {
       if (v === null) delete t[k];
       else t[k] = v;
     }
-    const path = join(tmp, file);
+    const path = join(tmp.path, file);
     await writeSafetensors(path, t);
     return path;
   }
 
   it('refuses missing keys, bad shapes and out-of-range timesteps, naming the file and the key', async () => {
-    const out = join(tmp, 'bad.safetensors');
+    const out = join(tmp.path, 'bad.safetensors');
     const cases: [Record<string, { shape: number[]; data: TypedArray } | null>, RegExp][] = [
       [{ lora_noise: null }, /missing draw\(s\) 'lora_noise'/],
       [{ latents: { shape: [2, 4, 8, 8], data: new Float32Array(2 * 4 * 64) } }, /'latents' has shape \[2,4,8,8\] \(NCHW\), but the step needs \[2,4,16,16\]/],
@@ -154,12 +150,12 @@ describe('swiftbrush step: bad draws files', () => {
       expect(err?.message, String(re)).toMatch(re);
       expect(err!.message, String(re)).toContain(path);
     }
-    await expect(swiftbrushStepFile({ teacher: f.teacher, lora: join(tmp, 'no-lora'), draws: f.draws, out })).rejects.toThrow(/no-lora\/adapter_config\.json: cannot read the LoRA's PEFT config/);
+    await expect(swiftbrushStepFile({ teacher: f.teacher, lora: join(tmp.path, 'no-lora'), draws: f.draws, out })).rejects.toThrow(/no-lora\/adapter_config\.json: cannot read the LoRA's PEFT config/);
   });
 
   it('the real CLI: writes the tensors (exit 0) and nothing but --out', async () => {
     const env = { ...process.env, SWIFTBRUSH_LOG_LEVEL: 'warn' };
-    const dir = await mkdtemp(join(tmp, 'cli-'));
+    const dir = await mkdtemp(join(tmp.path, 'cli-'));
     const out = join(dir, 'cli.safetensors');
     const bin = join(import.meta.dirname, '..', '..', 'bin', 'swiftbrush.mjs');
     const ok = await run(process.execPath, [bin, 'step', '--backend', 'wasm', '--teacher', f.teacher, '--lora', f.lora, '--draws', f.draws, '--out', out], { env, cwd: dir });

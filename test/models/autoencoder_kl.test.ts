@@ -2,10 +2,8 @@
  * AutoencoderKL: parity with diffusers on three configs (library and `vae-forward`), the posterior
  * sample, latent scaling, config and state-dict refusal, and tensor leaks.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { tf } from '../../src/tf.ts';
 import type { Tensor4D } from '../../src/tf.ts';
 import { initBackend } from '../../src/backend.ts';
@@ -14,6 +12,7 @@ import { readSafetensors, writeSafetensors, type StoredTensor } from '../../src/
 import { vaeForwardFile, vaeForwardNCHW } from '../../src/cli/vae_forward.ts';
 import { nchwToNhwc, maxAbsDiff } from './scheduler-fixture.ts';
 import { VAE_CONFIG_FIXTURES_DIR, VAE_FIXTURE_DIR } from '../fixtures.ts';
+import { useTempDir } from '../temp_dir.ts';
 
 const FIXTURES = {
   'diffusers-tiny-vae (2 levels, quant convs, mid attention)': VAE_FIXTURE_DIR,
@@ -21,13 +20,9 @@ const FIXTURES = {
   'quant-only (2 layers per block, quant_conv without post_quant_conv)': join(VAE_CONFIG_FIXTURES_DIR, 'quant-only'),
 };
 
-let tmp: string;
+const tmp = useTempDir('vae-test-');
 beforeAll(async () => {
   await initBackend(process.env.SWIFTBRUSH_BACKEND ?? 'wasm');
-  tmp = await mkdtemp(join(tmpdir(), 'vae-test-'));
-});
-afterAll(async () => {
-  await rm(tmp, { recursive: true, force: true });
 });
 
 const io = async (dir: string) => (await readSafetensors(join(dir, 'io.safetensors'))).tensors;
@@ -54,10 +49,10 @@ describe.each(Object.entries(FIXTURES))('diffusers fixture %s', (_, dir) => {
 
   it('vae-forward writes mean, logvar and decoded (NCHW float32) matching the fixture, in batches of 1 too', async () => {
     const t = await io(dir);
-    const inputs = join(tmp, 'in.safetensors');
+    const inputs = join(tmp.path, 'in.safetensors');
     await writeSafetensors(inputs, { image: t.get('image')!, latents: t.get('latents')! } as Record<string, { shape: number[]; data: Float32Array }>);
     for (const batchSize of [undefined, 1]) {
-      const out = join(tmp, `out-${batchSize}.safetensors`);
+      const out = join(tmp.path, `out-${batchSize}.safetensors`);
       const r = await vaeForwardFile({ vae: dir, inputs, out, batchSize });
       const written = (await readSafetensors(out)).tensors;
       expect(Object.keys(r.shapes).sort()).toEqual(['decoded', 'logvar', 'mean']);

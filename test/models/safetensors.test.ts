@@ -4,10 +4,9 @@
  * `save_pretrained`), and errors that name the file and the key.
  */
 import { closeSync, openSync, writeSync, ftruncateSync, writeFileSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { tf } from '../../src/tf.ts';
 import type { Tensor3D, Tensor4D } from '../../src/tf.ts';
 import { initBackend } from '../../src/backend.ts';
@@ -15,17 +14,14 @@ import { ReadBuffer, readSafetensors, readSafetensorsHeader, SafetensorsFileRead
 import { variantName, WeightFiles } from '../../src/models/weights.ts';
 import { UNet2DConditionModel, WEIGHTS_NAME } from '../../src/models/unet_2d_condition.ts';
 import { FIXTURES, UNET_FIXTURE_DIR } from '../fixtures.ts';
+import { useTempDir } from '../temp_dir.ts';
 
 const DTYPES = join(FIXTURES, 'safetensors-dtypes', 'dtypes.safetensors');
 const SHARDED = join(FIXTURES, 'diffusers-sharded-fp16');
 
-let tmp: string;
+const tmp = useTempDir('safetensors-test-');
 beforeAll(async () => {
   await initBackend(process.env.SWIFTBRUSH_BACKEND ?? 'wasm');
-  tmp = await mkdtemp(join(tmpdir(), 'safetensors-test-'));
-});
-afterAll(async () => {
-  await rm(tmp, { recursive: true, force: true });
 });
 
 /** Bit-exact equality, NaN included (as bit patterns are compared after widening). */
@@ -82,7 +78,7 @@ describe('reads into a reused buffer', () => {
 
 describe('streamed reads and writes', () => {
   it('write then read round-trips every dtype, shape and the metadata; the header is what the writer declared', async () => {
-    const path = join(tmp, 'round.safetensors');
+    const path = join(tmp.path, 'round.safetensors');
     const tensors = {
       b: { shape: [2, 3], data: Float32Array.from([1, 2, 3, 4, 5, 6.5]) },
       a: { shape: [4], data: Int32Array.from([1, -2, 3, 1 << 30]) },
@@ -106,7 +102,7 @@ describe('streamed reads and writes', () => {
   });
 
   it('the streaming writer asks for one tensor at a time, in file order, and leaves no file when a producer fails', async () => {
-    const path = join(tmp, 'streamed.safetensors');
+    const path = join(tmp.path, 'streamed.safetensors');
     const asked: string[] = [];
     writeSafetensorsStreaming(path, { y: { shape: [2], dtype: 'F32' }, x: { shape: [1], dtype: 'F32' } }, (name) => {
       asked.push(name);
@@ -114,14 +110,14 @@ describe('streamed reads and writes', () => {
     });
     expect(asked).toEqual(['x', 'y']);
     expect(Array.from((await readSafetensors(path)).tensors.get('y')!.data as Float32Array)).toEqual([8, 9]);
-    const failing = join(tmp, 'failing.safetensors');
+    const failing = join(tmp.path, 'failing.safetensors');
     expect(() => writeSafetensorsStreaming(failing, { x: { shape: [3], dtype: 'F32' } }, () => Float32Array.from([1]))).toThrow(/failing\.safetensors: tensor 'x': shape \[3\] holds 3 values, data has 1/);
     const { readdirSync } = await import('node:fs');
-    expect(readdirSync(tmp).filter((n) => n.includes('failing'))).toEqual([]);
+    expect(readdirSync(tmp.path).filter((n) => n.includes('failing'))).toEqual([]);
   });
 
   it('reads tensors of a sparse file whose data lies beyond 2 GiB, without reading the rest', () => {
-    const path = join(tmp, 'big.safetensors');
+    const path = join(tmp.path, 'big.safetensors');
     const header = JSON.stringify({ gap: { dtype: 'U8', shape: [2 ** 31 + 8], data_offsets: [0, 2 ** 31 + 8] }, tail: { dtype: 'F32', shape: [2], data_offsets: [2 ** 31 + 8, 2 ** 31 + 16] } });
     const padded = header + ' '.repeat((8 - ((header.length + 8) % 8)) % 8);
     const fd = openSync(path, 'w');
@@ -143,16 +139,16 @@ describe('streamed reads and writes', () => {
   });
 
   it('errors name the file (and the tensor)', async () => {
-    const missing = join(tmp, 'nope.safetensors');
+    const missing = join(tmp.path, 'nope.safetensors');
     await expect(readSafetensors(missing)).rejects.toThrow(new RegExp(`${missing}: cannot open`));
-    const truncated = join(tmp, 'truncated.safetensors');
+    const truncated = join(tmp.path, 'truncated.safetensors');
     const bytes = serializeSafetensors({ w: { shape: [4], data: new Float32Array(4) } });
     writeFileSync(truncated, bytes.subarray(0, bytes.length - 4));
     await expect(readSafetensors(truncated)).rejects.toThrow(new RegExp(`${truncated}: tensor 'w': data runs past the end of the file`));
-    const garbage = join(tmp, 'garbage.safetensors');
+    const garbage = join(tmp.path, 'garbage.safetensors');
     await writeFile(garbage, Buffer.from('0800000000000000{"a":1}!', 'hex'));
     await expect(readSafetensors(garbage)).rejects.toThrow(/garbage\.safetensors/);
-    const badDtype = join(tmp, 'dtype.safetensors');
+    const badDtype = join(tmp.path, 'dtype.safetensors');
     const json = '{"w":{"dtype":"F8_E4M3","shape":[1],"data_offsets":[0,1]}}';
     const head = Buffer.alloc(8);
     head.writeBigUInt64LE(BigInt(json.length));
@@ -197,7 +193,7 @@ describe("diffusers' weight files: variants and shards", () => {
   });
 
   it('a shard index that names a missing shard or a key the shard lacks is refused, naming the index', async () => {
-    const dir = join(tmp, 'sharded');
+    const dir = join(tmp.path, 'sharded');
     const a = { 'x.weight': { shape: [2], data: Float32Array.from([1, 2]) } };
     await writeSafetensors(join(dir, 'diffusion_pytorch_model-00001-of-00002.safetensors'), a);
     const index = join(dir, 'diffusion_pytorch_model.safetensors.index.json');
@@ -212,7 +208,7 @@ describe("diffusers' weight files: variants and shards", () => {
   });
 
   it('a weights file that does not match the config names the file and the keys', async () => {
-    const dir = join(tmp, 'mismatch');
+    const dir = join(tmp.path, 'mismatch');
     const { cpSync } = await import('node:fs');
     cpSync(UNET_FIXTURE_DIR, dir, { recursive: true });
     const file = join(dir, WEIGHTS_NAME);
@@ -226,7 +222,7 @@ describe("diffusers' weight files: variants and shards", () => {
     const before = tf.memory().numTensors;
     const unet = await UNet2DConditionModel.fromPretrained(UNET_FIXTURE_DIR);
     expect(tf.memory().numTensors - before).toBe(unet.store.params.size);
-    const out = join(tmp, 'saved');
+    const out = join(tmp.path, 'saved');
     await unet.savePretrained(out);
     unet.dispose();
     expect(tf.memory().numTensors).toBe(before);

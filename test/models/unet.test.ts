@@ -3,10 +3,9 @@
  * trips, config refusal, other configs' key names / shapes / odd sizes, and tensor leaks.
  */
 import { readFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { tf } from '../../src/tf.ts';
 import type { Tensor3D, Tensor4D } from '../../src/tf.ts';
 import { initBackend } from '../../src/backend.ts';
@@ -15,15 +14,12 @@ import { parseSafetensors, readSafetensors, type StoredTensor } from '../../src/
 import { nchwToNhwc, maxAbsDiff } from './scheduler-fixture.ts';
 
 import { UNET_FIXTURE_DIR } from '../fixtures.ts';
+import { useTempDir } from '../temp_dir.ts';
 export const UNET_FIXTURE = UNET_FIXTURE_DIR;
 
-let tmp: string;
+const tmp = useTempDir('unet-test-');
 beforeAll(async () => {
   await initBackend(process.env.SWIFTBRUSH_BACKEND ?? 'wasm');
-  tmp = await mkdtemp(join(tmpdir(), 'unet-test-'));
-});
-afterAll(async () => {
-  await rm(tmp, { recursive: true, force: true });
 });
 
 function io() {
@@ -80,7 +76,7 @@ describe('diffusers fixture (diffusers-tiny-unet, diffusers 0.30.3)', () => {
   it('round trip: load → save → load gives identical bytes for every tensor, and a second save is byte-identical', async () => {
     const original = (await readSafetensors(join(UNET_FIXTURE, 'diffusion_pytorch_model.safetensors'))).tensors;
     const a = await UNet2DConditionModel.fromPretrained(UNET_FIXTURE);
-    const dir1 = join(tmp, 'rt1');
+    const dir1 = join(tmp.path, 'rt1');
     await a.savePretrained(dir1);
     const saved = (await readSafetensors(join(dir1, 'diffusion_pytorch_model.safetensors'))).tensors;
     expect([...saved.keys()].sort()).toEqual([...original.keys()].sort());
@@ -92,7 +88,7 @@ describe('diffusers fixture (diffusers-tiny-unet, diffusers 0.30.3)', () => {
       expect(bytes(s).equals(bytes(t)), k).toBe(true);
     }
     const b = await UNet2DConditionModel.fromPretrained(dir1);
-    const dir2 = join(tmp, 'rt2');
+    const dir2 = join(tmp.path, 'rt2');
     await b.savePretrained(dir2);
     const [f1, f2] = await Promise.all([dir1, dir2].map((d) => readFile(join(d, 'diffusion_pytorch_model.safetensors'))));
     expect(f1!.equals(f2!)).toBe(true);
