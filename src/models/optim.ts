@@ -6,6 +6,7 @@
 import { tf } from '../tf.ts';
 import type { Tensor, Variable } from '../tf.ts';
 import { readFloat32, type TensorSource } from './weights.ts';
+import { ownedVariable } from './params.ts';
 
 export type NamedGrads = Map<string, Tensor>;
 
@@ -15,17 +16,6 @@ export interface AdamOptions {
   beta2?: number;
   eps?: number;
   weightDecay?: number;
-}
-
-/**
- * A non-trainable variable that takes `initial`'s data over. tf.variable only adds a reference to
- * the initial tensor's data: left undisposed, that tensor keeps the initial values alive after the
- * first assign (for Adam's zero moments and the EMA's starting copy: three model-sized buffers).
- */
-function ownedVariable(initial: Tensor): Variable {
-  const v = tf.variable(initial, false);
-  initial.dispose();
-  return v;
 }
 
 /** Values per Adam bucket: bounds the update's temporaries (a dozen bucket-sized tensors) to ~400 MB. */

@@ -82,6 +82,17 @@ export interface ParamSpec {
   torchShape: number[];
 }
 
+/**
+ * A variable that takes `initial`'s data over (no copy). tf.variable only adds a reference to the
+ * initial tensor's data: left undisposed, that tensor would keep the initial values alive after the
+ * first assign (for Adam's zero moments and the EMA's starting copy: three model-sized buffers).
+ */
+export function ownedVariable(initial: Tensor, trainable = false, name?: string): Variable {
+  const v = tf.variable(initial, trainable, name);
+  initial.dispose();
+  return v;
+}
+
 /** Parameter values read from `source` one tensor at a time, through one read buffer reused for every tensor. */
 export function fileValues(source: TensorSource): { read: (name: string, torchShape: number[]) => Float32Array } {
   const buffer = readBufferFor(source);
@@ -119,9 +130,7 @@ export class ParamStore {
       const bound = 1 / Math.sqrt(init.fanIn);
       return tf.randomUniform(tfShape, -bound, bound, 'float32', this.seed++);
     });
-    // tf.variable shares the value's data (no copy); disposing the value drops only its reference.
-    const variable = tf.variable(value, this.trainable, `s${this.id}/${name}`);
-    value.dispose();
+    const variable = ownedVariable(value, this.trainable, `s${this.id}/${name}`);
     this.params.set(name, { name, kind, torchShape, variable });
     return variable;
   }
